@@ -1,0 +1,47 @@
+# The README's two commands:
+#   make demo   set up .venv and edit the shipped example (offline)
+#   make test   set up .venv with the test and reference extras and run the test suite
+# GPU machines get PyPI's CUDA build of torch; machines without `nvidia-smi` get the CPU build.
+
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_VERSION ?= 2.13.0
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+
+.PHONY: demo test setup setup-test torch fixtures clean
+
+demo: setup
+	$(PY) -m blend --model toy
+
+test: setup-test
+	$(PY) tests/golden/make_fixtures.py --check
+	$(PY) -m pytest -q
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+# torch first, so that nothing later can pull a CUDA build onto a CPU-only machine.
+torch: $(PY)
+	@if $(PY) -c "import torch, sys; sys.exit(torch.__version__.split('+')[0] != '$(TORCH_VERSION)')" 2>/dev/null; then \
+	  echo "torch $(TORCH_VERSION) already installed"; \
+	elif command -v nvidia-smi >/dev/null 2>&1; then \
+	  $(PIP) install "torch==$(TORCH_VERSION)"; \
+	else \
+	  $(PIP) install "torch==$(TORCH_VERSION)+cpu" 2>/dev/null \
+	  || $(PIP) install "torch==$(TORCH_VERSION)+cpu" --extra-index-url https://download.pytorch.org/whl/cpu; \
+	fi
+
+setup: torch
+	$(PIP) install -q -e .
+
+# open_clip_torch goes in with --no-deps: its torchvision requirement would replace the CPU torch.
+setup-test: torch
+	$(PIP) install -q -e ".[test,reference,notebooks]"
+	$(PIP) install -q --no-deps open_clip_torch==3.3.0
+
+fixtures: setup-test
+	$(PY) tests/golden/make_fixtures.py
+
+clean:
+	rm -rf $(VENV) *.egg-info

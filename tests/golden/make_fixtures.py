@@ -1,0 +1,129 @@
+#!/usr/bin/env python
+"""Write (or, with --check, re-derive and compare) the golden fixtures in tests/golden/data/.
+
+Each `tests/golden/fixtures_<part>.py` defines FIXTURES = {name: function}; a function
+builds the *reference* implementation (diffusers, transformers, open_clip: the
+`reference` extra, plus open_clip_torch==3.3.0 with --no-deps), fills it with the
+deterministic random weights of `weights.random_init` where it has weights, runs it on
+seeded inputs and returns {tensor name: tensor}, inputs included. They are saved as
+tests/golden/data/<name>.safetensors with the reference versions in the metadata.
+A value that is not a tensor (a key list, a token list: anything JSON can hold) is
+stored as JSON in the metadata under "json.<name>"; tests/conftest.py's load_golden
+returns both kinds.
+
+    python tests/golden/make_fixtures.py                 # regenerate all
+    python tests/golden/make_fixtures.py --only ddim     # names containing "ddim"
+    python tests/golden/make_fixtures.py --check         # regenerate in memory and compare
+
+--check fails when a fixture is missing, has other keys, shapes or dtypes, or differs by
+more than rtol 1e-5 / atol 1e-5·max|stored| (re-running the same code on another machine
+moves only the last bits of float sums).
+"""
+import argparse
+import json
+import importlib.util
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+HERE = Path(__file__).resolve().parent
+DATA = HERE / "data"
+sys.path.insert(0, str(HERE.parent.parent))  # the repository root, for `weights`, `ldm`, ...
+REFERENCES = ("torch", "diffusers", "transformers", "open_clip_torch")
+
+
+def discover() -> dict:
+    fixtures = {}
+    for path in sorted(HERE.glob("fixtures_*.py")):
+        spec = importlib.util.spec_from_file_location(path.stem, path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        for name, function in module.FIXTURES.items():
+            if name in fixtures:
+                raise SystemExit(f"fixture {name!r} is defined twice ({path.name})")
+            fixtures[name] = function
+    return fixtures
+
+
+def versions() -> dict:
+    found = {}
+    for package in REFERENCES:
+        try:
+            found[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            found[package] = "absent"
+    return found
+
+
+def split(values: dict):
+    """({name: tensor}, {"json.<name>": json text}) from a fixture function's result."""
+    tensors = {k: v.detach().cpu().contiguous() for k, v in values.items() if isinstance(v, torch.Tensor)}
+    documents = {f"json.{k}": json.dumps(v) for k, v in values.items() if not isinstance(v, torch.Tensor)}
+    return tensors, documents
+
+
+def stored_documents(path: Path) -> dict:
+    from safetensors import safe_open
+    with safe_open(str(path), "pt") as f:
+        return {k: v for k, v in (f.metadata() or {}).items() if k.startswith("json.")}
+
+
+def compare(name: str, new: dict, old: dict) -> list:
+    problems = []
+    if set(new) != set(old):
+        problems.append(f"{name}: keys differ: only new {sorted(set(new) - set(old))}, only stored {sorted(set(old) - set(new))}")
+    for key in sorted(set(new) & set(old)):
+        a, b = new[key], old[key]
+        if a.shape != b.shape or a.dtype != b.dtype:
+            problems.append(f"{name}/{key}: {tuple(a.shape)} {a.dtype} now, {tuple(b.shape)} {b.dtype} stored")
+        elif a.is_floating_point():
+            scale = b.abs().max().item() if b.numel() else 0.0
+            try:
+                torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5 * max(scale, 1e-12))
+            except AssertionError as error:
+                problems.append(f"{name}/{key}: {str(error).splitlines()[0]} {str(error).splitlines()[2:4]}")
+        elif not torch.equal(a, b):
+            problems.append(f"{name}/{key}: integer values differ")
+    return problems
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--check", action="store_true", help="compare with the stored fixtures, write nothing")
+    parser.add_argument("--only", default="", help="only fixtures whose name contains this")
+    args = parser.parse_args()
+
+    torch.set_grad_enabled(False)
+    fixtures = {n: f for n, f in discover().items() if args.only in n}
+    meta = {f"version.{k}": v for k, v in versions().items()}
+    DATA.mkdir(exist_ok=True)
+    problems = []
+    for name, function in fixtures.items():
+        started = time.perf_counter()
+        tensors, documents = split(function())
+        path = DATA / f"{name}.safetensors"
+        if args.check:
+            if not path.exists():
+                problems.append(f"{name}: {path} is missing; run tests/golden/make_fixtures.py")
+            else:
+                problems += compare(name, tensors, load_file(path))
+                old_documents = stored_documents(path)
+                problems += [f"{name}/{k[5:]}: JSON value differs" for k in sorted(set(documents) | set(old_documents))
+                             if json.loads(documents.get(k, "null")) != json.loads(old_documents.get(k, "null"))]
+        else:
+            save_file(tensors, path, metadata={"made_by": "tests/golden/make_fixtures.py", **meta, **documents})
+        print(f"{'checked' if args.check else 'wrote'} {name} ({len(tensors)} tensors, {len(documents)} JSON, "
+              f"{time.perf_counter() - started:.1f} s)", flush=True)
+    if args.check:
+        for problem in problems:
+            print("MISMATCH", problem)
+        print(f"golden check: {len(fixtures)} fixtures, {len(problems)} problems")
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

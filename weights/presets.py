@@ -1,0 +1,111 @@
+"""Model presets: the architecture, schedule and source of each supported checkpoint.
+
+`get(name)` returns a `ModelSpec` for "sd-1.5", "sd-2.1-base", "sd-2.1" (768 px,
+v-prediction) or "tiny" (a small SD-1-shaped model for tests and offline runs).
+The numbers come from the published CompVis/Stability configs
+(`v1-inference.yaml`, `v2-inference.yaml`, `v2-inference-v.yaml`).
+"""
+from dataclasses import dataclass, field, replace
+
+from ldm import AutoencoderConfig, AutoencoderKL, UNetConfig, UNetModel
+from clip import TextConfig, TextEncoder, Tokenizer
+from samplers import NoiseSchedule
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    unet: UNetConfig
+    vae: AutoencoderConfig
+    text: TextConfig
+    prediction_type: str                 # "epsilon" or "v"; cannot be read from the weights
+    scale_factor: float                  # z = scale_factor * E(x)
+    image_size: int                      # the resolution the model was trained at
+    hub_repo: str | None = None          # diffusers-layout repository on the Hugging Face Hub
+    single_file: str | None = None       # the single-file checkpoint in that repository
+    beta_start: float = 0.00085
+    beta_end: float = 0.012
+    num_train_timesteps: int = 1000
+    steps_offset: int = 1                # the published scheduler configs use 1
+    notes: str = field(default="", compare=False)
+
+    def build_unet(self) -> UNetModel:
+        return UNetModel(self.unet)
+
+    def build_vae(self) -> AutoencoderKL:
+        return AutoencoderKL(self.vae)
+
+    def build_text_encoder(self) -> TextEncoder:
+        return TextEncoder(self.text)
+
+    def build_tokenizer(self) -> Tokenizer:
+        return Tokenizer(style=self.text.layout)
+
+    def build_schedule(self) -> NoiseSchedule:
+        return NoiseSchedule.scaled_linear(self.beta_start, self.beta_end, self.num_train_timesteps)
+
+
+_SD1_TEXT = TextConfig(layout="sd1", width=768, layers=12, heads=12, activation="quick_gelu")
+# SD 2 keeps all 24 OpenCLIP ViT-H/14 blocks in its checkpoint but reads the output of block 23.
+_SD2_TEXT = TextConfig(layout="sd2", width=1024, layers=24, heads=16, activation="gelu", skip_last_layers=1)
+_SD2_UNET = UNetConfig(num_heads=None, head_dim=64, context_dim=1024, use_linear_proj=True)
+
+_PRESETS = {
+    "sd-1.5": ModelSpec(
+        name="sd-1.5",
+        unet=UNetConfig(),
+        vae=AutoencoderConfig(),
+        text=_SD1_TEXT,
+        prediction_type="epsilon",
+        scale_factor=0.18215,
+        image_size=512,
+        # runwayml/stable-diffusion-v1-5 was removed from the Hub in 2024; this is its maintained mirror.
+        hub_repo="stable-diffusion-v1-5/stable-diffusion-v1-5",
+        single_file="v1-5-pruned-emaonly.safetensors",
+    ),
+    "sd-2.1-base": ModelSpec(
+        name="sd-2.1-base",
+        unet=_SD2_UNET,
+        vae=AutoencoderConfig(),
+        text=_SD2_TEXT,
+        prediction_type="epsilon",
+        scale_factor=0.18215,
+        image_size=512,
+        hub_repo="stabilityai/stable-diffusion-2-1-base",
+        single_file="v2-1_512-ema-pruned.safetensors",
+    ),
+    "sd-2.1": ModelSpec(
+        name="sd-2.1",
+        unet=replace(_SD2_UNET, upcast_attention=True),
+        vae=AutoencoderConfig(),
+        text=_SD2_TEXT,
+        prediction_type="v",
+        scale_factor=0.18215,
+        image_size=768,
+        hub_repo="stabilityai/stable-diffusion-2-1",
+        single_file="v2-1_768-ema-pruned.safetensors",
+    ),
+    "tiny": ModelSpec(
+        name="tiny",
+        # Small enough for a test to run it in milliseconds, shaped like SD 1 (8x latents, 4 channels),
+        # with one attention level and one plain level so that both block kinds are exercised.
+        unet=UNetConfig(model_channels=32, channel_mult=(1, 2), num_res_blocks=1, attention_levels=(1,),
+                        num_heads=2, context_dim=32),
+        vae=AutoencoderConfig(ch=32, ch_mult=(1, 1, 2, 2), num_res_blocks=1),
+        text=TextConfig(layout="sd1", width=32, layers=2, heads=4, activation="quick_gelu"),
+        prediction_type="epsilon",
+        scale_factor=0.18215,
+        image_size=64,
+        notes="random weights: its images are noise by design",
+    ),
+}
+
+NAMES = tuple(_PRESETS)
+
+
+def get(name: str) -> ModelSpec:
+    """The spec of a named model; raises KeyError listing the known names."""
+    try:
+        return _PRESETS[name]
+    except KeyError:
+        raise KeyError(f"unknown model preset {name!r}; known presets: {', '.join(NAMES)}") from None
