@@ -23,7 +23,11 @@ def ddim_timesteps(num_train_timesteps: int, num_steps: int, spacing: str = "lea
         steps = torch.arange(0, num_train_timesteps, ratio, dtype=torch.long)
     else:
         raise ValueError(f"spacing must be 'leading' or 'uniform', got {spacing!r}")
-    return (steps + offset).flip(0)
+    steps = steps + offset
+    if steps[-1] >= num_train_timesteps:
+        raise ValueError(f"{num_steps} steps with offset {offset} reach t = {steps[-1].item()}, past T − 1 = "
+                         f"{num_train_timesteps - 1}; use fewer steps or offset 0")
+    return steps.flip(0)
 
 
 def ddim_sigma(alpha_bar: torch.Tensor, alpha_bar_prev: torch.Tensor, eta: float) -> torch.Tensor:
@@ -59,12 +63,12 @@ class DDIMSampler:
                  offset: int = 1, spacing: str = "leading"):
         if prediction_type not in ("epsilon", "v"):
             raise ValueError(f"prediction_type must be 'epsilon' or 'v', got {prediction_type!r}")
+        self.timesteps = ddim_timesteps(schedule.num_train_timesteps, num_steps, spacing, offset)  # (S,)
         self.schedule = schedule
         self.num_steps = num_steps
         self.eta = eta
         self.prediction_type = prediction_type
         self.step_ratio = schedule.num_train_timesteps // num_steps
-        self.timesteps = ddim_timesteps(schedule.num_train_timesteps, num_steps, spacing, offset)  # (S,)
 
     def previous_timestep(self, t: int) -> int:
         """t − T//S: the next timestep visited (negative past the end)."""
@@ -95,7 +99,7 @@ class DDIMSampler:
 
         The ODE of DDIM (eq. 14) is integrated in the other direction, with the network
         evaluated at the *previous* point, so it is exact only in the limit of small steps.
-        `model_output` is the network's output at (x, previous_timestep(t)).
+        `model_output` is the network's output at (x, max(previous_timestep(t), 0)).
         """
         alpha_bar_from = self.alpha_bar_prev(t)
         alpha_bar_to = self.schedule.alphas_cumprod[int(t)]

@@ -12,11 +12,12 @@ def _gather(values: torch.Tensor, t, like: torch.Tensor) -> torch.Tensor:
 class NoiseSchedule:
     """β_1..β_T and ᾱ_t = Π_{s≤t} (1 − β_s), indexed by integer timesteps t in [0, T).
 
-    Everything is float32, as diffusers computes it; callers cast the results.
+    `scaled_linear` computes in float32, as diffusers does; a float64 `betas` gives a
+    float64 schedule (for tests of the equations). Callers cast the results.
     """
 
     def __init__(self, betas: torch.Tensor):
-        self.betas = betas.to(torch.float32)                     # (T,)
+        self.betas = betas                                       # (T,)
         self.alphas = 1.0 - self.betas                           # (T,)
         self.alphas_cumprod = torch.cumprod(self.alphas, dim=0)  # (T,)  ᾱ_t
 

@@ -1,0 +1,31 @@
+"""The repository's own promises: the package stays free of the reference implementations, CI runs the README."""
+import configparser
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGES = ("ldm", "samplers", "blend", "clip", "weights")
+ALLOWED = {"torch", "einops", "safetensors", "huggingface_hub", "pillow", "numpy", "ftfy", "regex"}
+
+
+def test_the_package_never_imports_a_reference_implementation():
+    pattern = re.compile(r"^\s*(from|import)\s+(diffusers|transformers|open_clip)\b", re.M)
+    offenders = [str(p.relative_to(ROOT)) for package in PACKAGES for p in (ROOT / package).rglob("*.py")
+                 if pattern.search(p.read_text(encoding="utf-8"))]
+    assert offenders == []
+
+
+def test_setup_cfg_declares_the_five_packages_and_only_the_allowed_runtime_dependencies():
+    config = configparser.ConfigParser()
+    config.read(ROOT / "setup.cfg")
+    packages = {p.strip() for p in config["options"]["packages"].split(",")}
+    assert packages == set(PACKAGES)
+    requirements = {re.split(r"[<>=!~ \[]", line.strip())[0] for line in config["options"]["install_requires"].splitlines()
+                    if line.strip()}
+    assert requirements == ALLOWED
+
+
+def test_ci_runs_the_readme_test_command():
+    readme, ci = (ROOT / "README.md").read_text(encoding="utf-8"), (ROOT / ".ci" / "run").read_text(encoding="utf-8")
+    assert "make test" in readme and re.search(r"^make test$", ci, re.M)
+    assert "make demo" in readme
