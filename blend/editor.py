@@ -1,0 +1,214 @@
+"""The editor: a photograph, a mask and a prompt in, edited photographs out.
+
+    from blend import edit
+    results = edit("photo.jpg", "mask.png", "a cat", model="toy")   # -> list of PIL images
+
+It runs Algorithm 1 end to end (see blend.algorithm for the lines it does not do itself):
+  line 1  the pixel mask → the latent mask: nearest resize of the mask as given, then the 0.5 threshold
+          (the official script's rule; the image itself is resized with Lanczos)
+  line 2  z_init = scale_factor · E(x).mean (the posterior mean, as the official SD2 script)
+  3–8     blended_latent_diffusion, on num_samples copies of z_init
+  line 9  x̂ = D(z_0 / scale_factor), then the optional background reconstruction of §4.2
+
+Input rules: the image may be any Pillow mode (converted to RGB). The mask is an image or an array,
+white / 1 = edit, thresholded at 0.5. A mask of another size than the image is resized to it (nearest)
+with a warning. An empty mask is an error (nothing to edit); a full mask is allowed (then the whole
+image is generated from the noised source). The model works at a "working size": the image scaled so
+that its long side is about `size` (default: the model's training resolution), each side a multiple of
+what the networks divide by (64 for SD: 8 in the autoencoder, 8 in the UNet); results are resized back
+to the image's own size.
+"""
+import copy
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from samplers import DDIMSampler
+
+from .algorithm import blended_latent_diffusion
+from .masks import resize_mask, threshold_mask
+from .reconstruction import MODES, finetune_decoder, optimise_latent, paste_background
+from .toy_model import load_toy
+
+OFFICIAL_GUIDANCE_SCALE = 7.5
+
+
+class EditInputError(ValueError):
+    """A bad image, mask or option: the message says what was expected, what was found, what to do."""
+
+
+def load_model(model="sd-2.1-base", *, dtype=None, device="cpu"):
+    """Components (.unet .vae .text_encoder .tokenizer .spec): "toy", a `weights.load` source, or loaded ones."""
+    if not isinstance(model, str):
+        return model  # already loaded
+    if model == "toy":
+        toy = load_toy()
+        toy.unet.to(device)
+        return toy
+    import weights  # only the real models need the checkpoint loader
+    return weights.load(model, dtype=dtype, device=device)
+
+
+def read_image(image) -> Image.Image:
+    """A PIL image or a path → an RGB PIL image (other modes converted)."""
+    if isinstance(image, (str, Path)):
+        image = _open(image, "image")
+    if not isinstance(image, Image.Image):
+        raise EditInputError(f"the image must be a PIL image or a path, got {type(image).__name__}")
+    return image.convert("RGB")
+
+
+def read_mask(mask, image_size: tuple) -> np.ndarray:
+    """A mask image, path or array → a (H, W) float array of 0/1 at image_size = (W, H); 1 = edit.
+
+    Images are read as grey levels / 255; arrays with values above 1 are taken as 0–255.
+    Soft masks are thresholded at 0.5 (the official script's rule).
+    """
+    if isinstance(mask, (str, Path)):
+        mask = _open(mask, "mask")
+    if isinstance(mask, Image.Image):
+        values = np.asarray(mask.convert("L"), dtype=np.float32) / 255
+    else:
+        values = np.asarray(mask.detach().cpu() if isinstance(mask, torch.Tensor) else mask, dtype=np.float32)
+        values = values.squeeze()
+        if values.ndim != 2:
+            raise EditInputError(f"a mask array must be 2-D (H, W), got shape {np.shape(mask)}")
+        values = values / 255 if values.max() > 1 else values
+    binary = (values >= 0.5).astype(np.float32)
+    if binary.shape[::-1] != tuple(image_size):
+        warnings.warn(f"the mask is {binary.shape[1]}x{binary.shape[0]} but the image is {image_size[0]}x"
+                      f"{image_size[1]}; resizing the mask to the image (nearest neighbour)", stacklevel=2)
+        binary = np.array(Image.fromarray(binary).resize(tuple(image_size), Image.NEAREST))
+    if not binary.any():
+        raise EditInputError("the mask is empty: nothing to edit. Paint the region to change white (1) "
+                             "and the background to keep black (0).")
+    return binary
+
+
+def working_size(image_size: tuple, long_side: int, multiple: int = 64) -> tuple:
+    """(W, H) scaled so that the long side is about `long_side`, each side a multiple of `multiple`.
+
+    SD needs multiples of 64: the autoencoder divides by 8, then the UNet by 8 again.
+    """
+    scale = long_side / max(image_size)
+    return tuple(max(multiple, int(round(side * scale / multiple)) * multiple) for side in image_size)
+
+
+def size_multiple(components) -> int:
+    """What each image side must divide by: the autoencoder's factor times the UNet's (1 for the toy)."""
+    vae_config, unet_config = getattr(components.vae, "config", None), getattr(components.unet, "config", None)
+    vae_factor = 2 ** (len(vae_config.ch_mult) - 1) if vae_config is not None else 1
+    return vae_factor * (unet_config.downsampling_factor if unet_config is not None else 1)
+
+
+@torch.no_grad()
+def edit(image, mask, prompt: str, *, model="sd-2.1-base", steps: int = 50, guidance_scale: float | None = None,
+         start: float = 0.25, num_samples: int = 4, seed: int = 42, variant: str = "paper", shrink=False,
+         reconstruction: str = "none", dtype=None, device: str | None = None, size: int | None = None,
+         progress=None) -> list:
+    """Edit `image` inside `mask` (white = edit) towards `prompt`; returns `num_samples` PIL images.
+
+    model: "toy" (offline, exact; blend.toy_model), "tiny" (random weights: noise by design), a
+    preset ("sd-2.1-base", the official script's; "sd-1.5"; "sd-2.1"), a checkpoint file or folder
+    (see weights.load), or already loaded components. guidance_scale: default 7.5 (official), the
+    toy's own default (1.0) for the toy. variant, shrink, start: see blended_latent_diffusion.
+    reconstruction: one of "none" (the official SD2 script's), "pixel", "latent", "decoder" (§4.2).
+    Same seed, same output on the same device.
+    """
+    if reconstruction not in MODES:
+        raise EditInputError(f"reconstruction must be one of {MODES}, got {reconstruction!r}")
+    if num_samples < 1 or steps < 1:
+        raise EditInputError(f"steps and num_samples must be at least 1, got {steps} and {num_samples}")
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    source = read_image(image)
+    pixel_mask = read_mask(mask, source.size)
+    components = load_model(model, dtype=dtype, device=device)
+    spec = components.spec
+    if guidance_scale is None:
+        guidance_scale = getattr(spec, "guidance_scale", OFFICIAL_GUIDANCE_SCALE)
+    if reconstruction == "decoder" and not list(getattr(components.vae, "decoder", torch.nn.Module()).parameters()):
+        raise EditInputError(f"the {spec.name} model's decoder has no weights to fine-tune; "
+                             "use reconstruction 'latent' or 'pixel'")
+    model_dtype = next(iter(components.unet.state_dict().values())).dtype
+
+    # The working size and the tensors: x in [−1, 1], (1, 3, H, W); the pixel mask (1, 1, H, W).
+    size_wh = working_size(source.size, size or spec.image_size, size_multiple(components))
+    x = _to_tensor(source.resize(size_wh, Image.LANCZOS)).to(device)
+    m_pixel = torch.from_numpy(np.array(Image.fromarray(pixel_mask).resize(size_wh, Image.NEAREST)))
+    m_pixel = threshold_mask(m_pixel[None, None]).to(device)
+
+    z_init = components.vae.encode(x.to(model_dtype)).mean * spec.scale_factor          # line 2
+    m_latent = resize_mask(torch.from_numpy(pixel_mask)[None, None], z_init.shape[-2:]).to(device)  # line 1
+    if not m_latent.any():
+        raise EditInputError(f"the mask covers no pixel of the {z_init.shape[-1]}x{z_init.shape[-2]} latent of "
+                             f"the {size_wh[0]}x{size_wh[1]} working image: enlarge the mask")
+    cond, uncond = _encode_prompts(components, [prompt, ""], device)
+    offset = 0 if variant == "official" else spec.steps_offset  # the official script's scheduler: offset 0
+    sampler = DDIMSampler(spec.build_schedule(), steps, prediction_type=spec.prediction_type, offset=offset)
+    generator = torch.Generator(device=device).manual_seed(seed)
+    z = blended_latent_diffusion(components.unet, sampler, z_init.expand(num_samples, -1, -1, -1), m_latent,
+                                 cond, uncond, guidance_scale=guidance_scale, start=start, generator=generator,
+                                 variant=variant, shrink=shrink, progress=progress)      # lines 3–8
+    z = z / spec.scale_factor
+    edited = _decode(components.vae, z)                                                  # line 9
+    if reconstruction == "decoder":
+        edited = finetune_decoder(components.vae, z, edited, x, m_pixel)
+    elif reconstruction == "latent":
+        edited = optimise_latent(components.vae, z, edited, x.to(edited.dtype), m_pixel.to(edited.dtype))
+
+    results = [_to_image(row).resize(source.size, Image.LANCZOS) if size_wh != source.size else _to_image(row)
+               for row in edited]
+    if reconstruction == "pixel":  # at the image's own size, so that the background is the source's pixels
+        original_mask = torch.from_numpy(pixel_mask)[None, None]
+        results = [_to_image(paste_background(_to_tensor(result), _to_tensor(source), original_mask)[0])
+                   for result in results]
+    return results
+
+
+def _open(path, what: str) -> Image.Image:
+    path = Path(path)
+    if not path.is_file():
+        raise EditInputError(f"{what} file not found: {path}")
+    try:
+        with Image.open(path) as opened:
+            opened.load()
+            return opened.copy()
+    except (UnidentifiedImageError, OSError) as error:
+        raise EditInputError(f"cannot read the {what} file {path} as an image: {error}") from None
+
+
+def _to_tensor(image: Image.Image) -> torch.Tensor:
+    """RGB PIL image → (1, 3, H, W) float32 in [−1, 1]."""
+    return torch.from_numpy(np.array(image, dtype=np.float32) / 127.5 - 1).permute(2, 0, 1)[None]
+
+
+def _to_image(x: torch.Tensor) -> Image.Image:
+    """(3, H, W) in [−1, 1] → RGB PIL image (clamped, rounded)."""
+    array = ((x.float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
+    return Image.fromarray(array)
+
+
+def _encode_prompts(components, prompts: list, device) -> list:
+    """The context (1, L, C) of each prompt: text_encoder(tokenizer(prompt))."""
+    contexts = []
+    for prompt in prompts:
+        try:
+            ids = components.tokenizer([prompt])
+        except ValueError as error:  # the toy's tokenizer: a prompt that names no class
+            raise EditInputError(str(error)) from None
+        contexts.append(components.text_encoder(ids.to(device)))
+    return contexts
+
+
+def _decode(vae, z: torch.Tensor) -> torch.Tensor:
+    """D(z), one latent at a time; an fp16 decode that overflows is redone in fp32 (CONVENTIONS)."""
+    rows = []
+    for row in z.split(1):
+        decoded = vae.decode(row)
+        if not torch.isfinite(decoded).all():
+            decoded = copy.deepcopy(vae).float().decode(row.float())
+        rows.append(decoded.float())
+    return torch.cat(rows)

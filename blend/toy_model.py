@@ -1,0 +1,170 @@
+"""An exact toy model: the optimal denoiser of a tiny data set of photographs, so that Algorithm 1 runs
+meaningfully offline.
+
+No trained Stable Diffusion weights can be had without a network, and an untrained network makes
+noise. But for a *finite* data set {x_k} the best possible denoiser is known in closed form. If
+x_0 is drawn uniformly from {x_k} and x_t = √ᾱ_t·x_0 + √(1−ᾱ_t)·ε (DDPM eq. 4), Bayes' rule gives
+
+    p(x_0 = x_k | x_t) = w_k,   w = softmax_k( −‖x_t − √ᾱ_t·x_k‖² / (2(1−ᾱ_t)) )
+    E[x_0 | x_t]       = Σ_k w_k·x_k                          (the posterior mean)
+    ε̂(x_t, t)          = (x_t − √ᾱ_t·E[x_0 | x_t]) / √(1−ᾱ_t)  (the forward process solved for ε)
+
+and ε̂ is the minimiser of the DDPM training loss E‖ε − ε̂(x_t, t)‖², the network SD approximates.
+At large t the weights are spread over the data; as t falls they become one-hot on one image.
+
+The parts, each stated for what it is:
+  * data: blend/assets/toy/<class>_<n>.png, twelve 128×128 crops of scikit-image's sample photographs
+    (SOURCES.md), two for each one-word class: astronaut, brick, cat, coffee, grass, rocket. Each is
+    equally likely a priori. They are resized to whatever latent size the denoiser is called at.
+  * "latent space" = pixel space: `IdentityAutoencoder` encodes and decodes x ↦ x, scale factor 1,
+    so the latent of a 128×128 image is (3, 128, 128).
+  * "tokenizer": a prompt ↦ the classes whose caption is one of its words (a plural "s" allowed);
+    "" ↦ every class. A prompt naming no class is an error that lists the classes.
+  * "text encoder": classes ↦ context (B, 1, K), a 0/1 vector over the K classes. It is the prior
+    over the data: only images of the classes marked 1 take part in the sum. So ε_c comes from the
+    prompt's images and ε_u (the context of "") from all images: classifier-free guidance
+    ε_u + w·(ε_c − ε_u) has its usual meaning. With w > 1 it extrapolates away from the unconditional
+    answer, which for a data set this small is one particular photograph; w = 1 samples the class.
+"""
+from dataclasses import dataclass
+from pathlib import Path
+import re
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from samplers import NoiseSchedule
+
+TOY_DATA = Path(__file__).resolve().parent / "assets" / "toy"
+
+
+def load_toy_images(folder: Path = TOY_DATA):
+    """(images (N, 3, H, W) in [−1, 1], labels (N,) long, class names) from <class>_<n>.png files."""
+    paths = sorted(folder.glob("*.png"))
+    if not paths:
+        raise FileNotFoundError(f"no toy data set images (<class>_<n>.png) in {folder}")
+    class_names = sorted({path.stem.rsplit("_", 1)[0] for path in paths})
+    images = [np.asarray(Image.open(path).convert("RGB"), dtype=np.float32) / 127.5 - 1 for path in paths]
+    images = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2)  # (N, 3, H, W)
+    labels = torch.tensor([class_names.index(path.stem.rsplit("_", 1)[0]) for path in paths])
+    return images, labels, class_names
+
+
+class ToyDenoiser(torch.nn.Module):
+    """ε̂(z_t, t, context) of the posterior mean over the data (module docstring); the UNet's call signature."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, schedule: NoiseSchedule):
+        super().__init__()
+        self.register_buffer("images", images)   # (N, 3, H, W) in [−1, 1]
+        self.register_buffer("labels", labels)   # (N,) class index of each image
+        self.register_buffer("alphas_cumprod", schedule.alphas_cumprod.clone())
+
+    def data_at(self, size) -> torch.Tensor:
+        """The data set resized to `size` = (h, w) (bilinear, antialiased), flattened: (N, 3·h·w)."""
+        images = self.images
+        if tuple(images.shape[-2:]) != tuple(size):
+            images = F.interpolate(images, size=tuple(size), mode="bilinear", antialias=True, align_corners=False)
+        return images.flatten(1)
+
+    def posterior_mean(self, z_t: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        """E[x_0 | x_t] = Σ_k w_k·x_k over the images of the classes marked in context (B, 1, K)."""
+        data = self.data_at(z_t.shape[-2:]).double()                             # (N, D)
+        x = z_t.flatten(1).double()                                              # (B, D)
+        alpha_bar = self.alphas_cumprod[t.long()].double()[:, None]              # (B, 1)
+        # ‖x_t − √ᾱ·x_k‖² = ‖x_t‖² − 2√ᾱ·x_t·x_k + ᾱ·‖x_k‖², in float64: the expanded terms nearly cancel
+        squared_distance = ((x**2).sum(1, keepdim=True) - 2 * alpha_bar.sqrt() * (x @ data.T)
+                            + alpha_bar * (data**2).sum(1)[None])                 # (B, N)
+        log_prior = torch.log(context[:, 0, :].double()[:, self.labels])         # (B, N): −inf off-class
+        log_weights = log_prior - squared_distance / (2 * (1 - alpha_bar))       # log w_k + const
+        weights = torch.softmax(log_weights, dim=1)                              # (B, N); stable for any scale
+        return (weights @ data).reshape(z_t.shape).to(z_t.dtype)
+
+    def forward(self, z_t: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        """ε̂ = (z_t − √ᾱ_t·E[x_0|z_t]) / √(1−ᾱ_t), for z_t (B, 3, h, w), timesteps (B,), context (B, 1, K)."""
+        timesteps = torch.as_tensor(timesteps, device=z_t.device).expand(z_t.shape[0])
+        alpha_bar = self.alphas_cumprod[timesteps.long()].to(z_t.dtype)[:, None, None, None]
+        x0 = self.posterior_mean(z_t, timesteps, context)
+        return (z_t - alpha_bar.sqrt() * x0) / (1 - alpha_bar).sqrt()
+
+
+class IdentityAutoencoder(torch.nn.Module):
+    """The toy's "autoencoder": E(x) = x and D(z) = z, so its latent space is pixel space (scale factor 1)."""
+
+    class Posterior:
+        """A point mass at x: its mean and its samples are x."""
+
+        def __init__(self, x: torch.Tensor):
+            self.mean = x
+
+        def sample(self, generator: torch.Generator | None = None) -> torch.Tensor:
+            return self.mean
+
+    def encode(self, x: torch.Tensor) -> "IdentityAutoencoder.Posterior":
+        return self.Posterior(x)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return z
+
+
+class ToyTokenizer:
+    """Prompts ↦ (B, K) 0/1 rows: the classes whose caption is a word of the prompt; "" ↦ all classes."""
+
+    def __init__(self, class_names: list):
+        self.class_names = list(class_names)
+
+    def __call__(self, prompts) -> torch.Tensor:
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        return torch.stack([self.classes_of(prompt) for prompt in prompts])
+
+    def classes_of(self, prompt: str) -> torch.Tensor:
+        if not prompt.strip():
+            return torch.ones(len(self.class_names))  # unconditional: every image
+        words = set(re.findall(r"[a-z]+", prompt.lower()))
+        words |= {word[:-1] for word in words if word.endswith("s")}  # "cats" names the class "cat"
+        row = torch.tensor([float(name in words) for name in self.class_names])
+        if row.sum() == 0:
+            raise ValueError(f"the toy model knows only the classes {', '.join(self.class_names)}; "
+                             f"the prompt {prompt!r} names none of them. Use one of those words, e.g. 'a cat'.")
+        return row
+
+
+class ToyTextEncoder(torch.nn.Module):
+    """(B, K) class rows ↦ context (B, 1, K): the prior over classes that `ToyDenoiser` reads."""
+
+    def forward(self, class_rows: torch.Tensor) -> torch.Tensor:
+        return class_rows.float()[:, None, :]
+
+
+@dataclass(frozen=True)
+class ToySpec:
+    """What the editor reads from a model spec, for the toy (compare weights.presets.ModelSpec)."""
+    name: str = "toy"
+    prediction_type: str = "epsilon"
+    scale_factor: float = 1.0        # identity autoencoder: z = x
+    image_size: int = 128            # the side of the data set's images
+    steps_offset: int = 1            # SD's timesteps [981, 961, …, 1]
+    guidance_scale: float = 1.0      # the conditional model is exact; w > 1 extrapolates (module docstring)
+    notes: str = "exact posterior-mean denoiser of 12 photographs, in pixel space"
+
+    def build_schedule(self) -> NoiseSchedule:
+        return NoiseSchedule.scaled_linear()  # SD's β schedule
+
+
+@dataclass
+class ToyModel:
+    """The toy's components, named like those `weights.load` returns."""
+    unet: ToyDenoiser
+    vae: IdentityAutoencoder
+    text_encoder: ToyTextEncoder
+    tokenizer: ToyTokenizer
+    spec: ToySpec
+
+
+def load_toy(folder: Path = TOY_DATA) -> ToyModel:
+    """The toy model over the images in `folder`."""
+    images, labels, class_names = load_toy_images(folder)
+    spec = ToySpec()
+    return ToyModel(unet=ToyDenoiser(images, labels, spec.build_schedule()), vae=IdentityAutoencoder(),
+                    text_encoder=ToyTextEncoder(), tokenizer=ToyTokenizer(class_names), spec=spec)
