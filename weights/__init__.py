@@ -1,5 +1,11 @@
-"""Model presets, deterministic random weights, and (in the weights issue) checkpoint loading."""
+"""Model presets, deterministic random weights, and checkpoint loading (`weights.load`, see weights/LOADING.md)."""
 from . import presets
 from .random_init import fill_random_, random_state_dict, random_tensor
+from .errors import (CorruptFileError, NotAModelError, OfflineError, PickleRefusedError, StateDictMismatchError,
+                     UnknownSourceError, UnsupportedModelError, WeightsError)
+from .load import Components, load
+from .pickle_checkpoint import convert_checkpoint
 
-__all__ = ["presets", "fill_random_", "random_state_dict", "random_tensor"]
+__all__ = ["presets", "fill_random_", "random_state_dict", "random_tensor", "load", "Components",
+           "convert_checkpoint", "WeightsError", "UnknownSourceError", "NotAModelError", "CorruptFileError",
+           "OfflineError", "PickleRefusedError", "StateDictMismatchError", "UnsupportedModelError"]

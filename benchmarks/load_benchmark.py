@@ -1,0 +1,151 @@
+#!/usr/bin/env python
+"""Load time and peak memory of `weights.load` against diffusers' `from_single_file`, on the same file.
+
+    python benchmarks/load_benchmark.py                      # writes a full-size fake SD 1.5 fp16 file (2.1 GB)
+    python benchmarks/load_benchmark.py --file v1-5-pruned-emaonly-fp16.safetensors
+    python benchmarks/load_benchmark.py --dtype float32 --repeat 3
+
+Each load runs in a fresh Python process, so that one's caches and heap do not help or
+hurt the next, and the two loaders alternate. The file is read once beforehand, so
+both find it in the OS page cache. Reported per loader (median over --repeat runs):
+
+    load s       wall time of the load call alone (imports excluded, first call in the process)
+    peak RSS     the process's peak resident memory (VmHWM, Linux), imports included
+    load RSS     peak RSS minus the RSS just before the load call: what loading costs
+    touched RSS  the same after reading every weight once: memory-mapped pages now count too
+
+diffusers gets a local config folder (model_index.json, the component configs and the
+tokenizer files, written by weights.fakes) and `local_files_only=True`, since nothing may
+be downloaded. The goal (issue "weights.load"): load s <= 0.3x diffusers', and no more memory.
+Needs the reference extra (diffusers, transformers) for the diffusers side.
+"""
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+CHILD = r"""
+import json, sys, time
+import torch
+sys.path.insert(0, {root!r})
+kind, path, config, dtype = {kind!r}, {path!r}, {config!r}, getattr(torch, {dtype!r})
+torch.set_num_threads(1)
+if kind == "ours":
+    from weights import load
+else:
+    from diffusers import StableDiffusionPipeline
+    from diffusers.utils import logging
+    logging.set_verbosity_error(); logging.disable_progress_bar()
+def status(field):                      # kB -> bytes; VmHWM is this process's own peak (ru_maxrss is not:
+    for line in open("/proc/self/status"):  # after fork + exec it starts from the parent's peak)
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+before = status("VmRSS")
+start = time.perf_counter()
+if kind == "ours":
+    loaded = load(path, dtype=dtype)
+    modules = [loaded.unet, loaded.vae, loaded.text_encoder]
+else:
+    loaded = StableDiffusionPipeline.from_single_file(path, config=config, torch_dtype=dtype, local_files_only=True)
+    modules = [loaded.unet, loaded.vae, loaded.text_encoder]
+seconds = time.perf_counter() - start
+load_peak = status("VmHWM")
+with torch.no_grad():
+    total = sum(float(p.float().sum()) for m in modules for p in m.parameters())
+touched_peak = status("VmHWM")
+tokenizer_seconds = 0.0
+if kind == "ours":                     # how much of the load is the tokenizer's table building (clip/)
+    from weights import presets
+    start = time.perf_counter()
+    presets.get("sd-1.5").build_tokenizer()
+    tokenizer_seconds = time.perf_counter() - start
+print(json.dumps(dict(seconds=seconds, before=before, load_peak=load_peak, touched_peak=touched_peak,
+                      tokenizer_seconds=tokenizer_seconds,
+                      params=sum(p.numel() for m in modules for p in m.parameters()))))
+"""
+
+
+WRITER = r"""
+import sys, torch
+sys.path.insert(0, {root!r})
+from weights import fakes, presets
+fakes.write_single_file({path!r}, presets.get("sd-1.5"), dtype=torch.float16, ema_copies=False, values="constant")
+"""
+
+
+def run_child(kind: str, path: Path, config: Path, dtype: str) -> dict:
+    code = CHILD.format(root=str(ROOT), kind=kind, path=str(path), config=str(config), dtype=dtype)
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    if result.returncode:
+        raise SystemExit(f"{kind} failed:\n{result.stderr[-3000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def write_config_folder(folder: Path, spec) -> None:
+    """What from_single_file reads besides the weights: configs and tokenizer, no safety checker."""
+    from weights import fakes
+
+    for name, content in fakes.diffusers_files(spec, weights=False).items():
+        fakes._write(folder / name, content)
+    index = json.loads((folder / "model_index.json").read_text())
+    index.update(safety_checker=[None, None], feature_extractor=[None, None], requires_safety_checker=False)
+    (folder / "model_index.json").write_text(json.dumps(index))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--file", type=Path, help="an SD 1.5 single file; default: write a full-size fake one")
+    parser.add_argument("--dtype", default="float16", choices=["float16", "float32"])
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+    sys.path.insert(0, str(ROOT))
+    import torch
+    from weights import fakes, presets
+
+    spec = presets.get("sd-1.5")
+    with tempfile.TemporaryDirectory(prefix="load_benchmark_") as scratch:
+        scratch = Path(scratch)
+        path = args.file
+        if path is None:
+            path = scratch / "v1-5-pruned-emaonly-fp16.safetensors"
+            print(f"writing a full-size fake SD 1.5 fp16 checkpoint to {path} ...", flush=True)
+            subprocess.run([sys.executable, "-c", WRITER.format(root=str(ROOT), path=str(path))], check=True)
+        write_config_folder(scratch / "config", spec)
+        with open(path, "rb") as f:                       # into the page cache, for both
+            while f.read(1 << 24):
+                pass
+        size = path.stat().st_size
+        results = {"ours": [], "diffusers": []}
+        for _ in range(args.repeat):
+            for kind in results:
+                results[kind].append(run_child(kind, path, scratch / "config", args.dtype))
+
+    print(f"\nfile: {path.name} ({size / 1e9:.2f} GB), dtype {args.dtype}, median of {args.repeat} runs, "
+          f"{os.cpu_count()} CPUs, torch {torch.__version__}")
+    rows = {}
+    for kind, runs in results.items():
+        def median(f):
+            return statistics.median(f(r) for r in runs)
+        rows[kind] = dict(seconds=median(lambda r: r["seconds"]), peak=median(lambda r: r["load_peak"]) / 2**20,
+                          load=median(lambda r: r["load_peak"] - r["before"]) / 2**20,
+                          touched=median(lambda r: r["touched_peak"] - r["before"]) / 2**20)
+    print(f"{'':12}{'load s':>10}{'peak RSS MiB':>15}{'load RSS MiB':>15}{'touched RSS MiB':>18}")
+    for kind, row in rows.items():
+        print(f"{kind:12}{row['seconds']:>10.2f}{row['peak']:>15.0f}{row['load']:>15.0f}{row['touched']:>18.0f}")
+    tokenizer = statistics.median(r["tokenizer_seconds"] for r in results["ours"])
+    print(f"\nof ours, building the CLIP tokenizer's tables (clip.Tokenizer, timed again after the load): "
+          f"{tokenizer:.2f} s")
+    ratio = rows["ours"]["seconds"] / rows["diffusers"]["seconds"]
+    print(f"time ratio ours/diffusers: {ratio:.2f} (goal <= 0.30); "
+          f"load RSS ratio: {rows['ours']['load'] / rows['diffusers']['load']:.2f} (goal <= 1)")
+
+
+if __name__ == "__main__":
+    main()

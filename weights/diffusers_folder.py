@@ -1,0 +1,204 @@
+"""Diffusers-layout model folders: one sub-folder per component, each with its config.json.
+
+    model_index.json
+    unet/          config.json  diffusion_pytorch_model[.fp16].safetensors
+    vae/           config.json  diffusion_pytorch_model[.fp16].safetensors
+    text_encoder/  config.json  model[.fp16].safetensors
+    tokenizer/     vocab.json  merges.txt  special_tokens_map.json  tokenizer_config.json
+    scheduler/     scheduler_config.json
+
+The architecture comes from each config.json (so models of other sizes load too), and
+the tensors are renamed to ours by the table in `diffusers_keys`. This is also how
+presets load: their Hub repositories have this layout.
+"""
+import json
+import tempfile
+import warnings
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from clip import Tokenizer
+
+from . import diffusers_keys as keys
+from .errors import CorruptFileError, NotAModelError, UnsupportedModelError
+from .materialize import assign_weights, build_empty, open_safetensors
+from .pickle_checkpoint import read_pickle, refusal
+from .presets import ModelSpec
+
+COMPONENTS = {"unet": "diffusion_pytorch_model", "vae": "diffusion_pytorch_model", "text_encoder": "model"}
+TOKENIZER_FILES = ("vocab.json", "merges.txt")
+# Saved by transformers < 4.31 as a persistent buffer; it is arange(77), not a weight.
+NON_WEIGHTS = {"text_encoder": ("text_model.embeddings.position_ids", "embeddings.position_ids")}
+PREDICTION_TYPES = {"epsilon": "epsilon", "v_prediction": "v"}
+
+
+def looks_like_folder(path: Path) -> bool:
+    return (path / "model_index.json").is_file() or all((path / c / "config.json").is_file() for c in COMPONENTS)
+
+
+def read_json(path: Path) -> dict:
+    if not path.is_file():
+        raise NotAModelError(f"{path} is missing: a diffusers model folder has it (see weights/LOADING.md)")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise CorruptFileError(f"{path}: not valid JSON ({error}); the file is damaged") from None
+
+
+def check_folder(folder: Path) -> None:
+    """Raise NotAModelError, saying what is there and what is expected, unless `folder` is a model folder."""
+    if looks_like_folder(folder):
+        absent = [c for c in (*COMPONENTS, "tokenizer") if not (folder / c).is_dir()]
+        if absent:
+            raise NotAModelError(f"{folder}: a diffusers model folder without {', '.join(absent)}/; this loader needs "
+                                 f"unet/, vae/, text_encoder/ and tokenizer/")
+        return
+    if (folder / "config.json").is_file() and any(folder.glob("*.safetensors")):
+        hint = (f"It looks like one component of a model (it has config.json and weights); pass the model folder "
+                f"that holds it, {folder.parent}, instead.")
+    else:
+        found = sorted(p.name + ("/" if p.is_dir() else "") for p in folder.iterdir())[:12]
+        hint = f"It holds: {', '.join(found) or 'nothing'}."
+    raise NotAModelError(
+        f"{folder} is not a model folder: expected the diffusers layout (model_index.json, unet/, vae/, "
+        f"text_encoder/, tokenizer/, scheduler/). {hint} To load a single-file checkpoint, pass the .safetensors "
+        f"file itself.")
+
+
+def weight_files(component: Path, stem: str, fp16: bool, allow_pickle: bool) -> list[Path]:
+    """The file(s) holding a component's weights: the .fp16 variant first when fp16 is wanted."""
+    variants = [".fp16", ""] if fp16 else ["", ".fp16"]
+    for variant in variants:
+        single = component / f"{stem}{variant}.safetensors"
+        if single.is_file():
+            return [single]
+        index = component / f"{stem}{variant}.safetensors.index.json"
+        if index.is_file():
+            shards = sorted(set(read_json(index).get("weight_map", {}).values()))
+            return [component / shard for shard in shards]
+    for variant in variants:
+        pickled = component / f"{stem}{variant}.bin"
+        if pickled.is_file():
+            if not allow_pickle:
+                raise refusal(pickled)
+            return [pickled]
+    raise NotAModelError(f"{component}: no weights ({stem}.safetensors or {stem}.fp16.safetensors); "
+                         f"it holds {sorted(p.name for p in component.iterdir()) if component.is_dir() else 'nothing'}")
+
+
+def read_tensors(files: list[Path]) -> dict:
+    tensors = {}
+    for file in files:
+        tensors.update(read_pickle(file) if file.suffix == ".bin" else open_safetensors(file))
+    return tensors
+
+
+def tokenizer_style(folder: Path) -> str:
+    """"sd2" when the tokenizer pads with "!" (id 0, as open_clip does), else "sd1" (pads with EOS).
+
+    special_tokens_map.json wins over tokenizer_config.json, as in transformers: SD 2's folders
+    name "<|endoftext|>" in the latter and "!" in the former, and pad with "!".
+    """
+    for name in ("special_tokens_map.json", "tokenizer_config.json"):
+        if (folder / name).is_file():
+            pad = read_json(folder / name).get("pad_token")
+            if pad is not None:
+                pad = pad.get("content") if isinstance(pad, dict) else pad
+                return "sd2" if pad == "!" else "sd1"
+    return "sd1"
+
+
+def read_spec(folder: Path, name: str) -> ModelSpec:
+    """The ModelSpec described by the folder's config files."""
+    unet = read_json(folder / "unet" / "config.json")
+    vae = read_json(folder / "vae" / "config.json")
+    scheduler_file = folder / "scheduler" / "scheduler_config.json"
+    scheduler = read_json(scheduler_file) if scheduler_file.is_file() else {}
+    kind = scheduler.get("prediction_type", "epsilon")
+    if kind not in PREDICTION_TYPES:
+        raise UnsupportedModelError(f"{scheduler_file}: prediction_type={kind!r}; supported: {list(PREDICTION_TYPES)}")
+    if scheduler.get("beta_schedule", "scaled_linear") != "scaled_linear" or scheduler.get("trained_betas"):
+        raise UnsupportedModelError(f"{scheduler_file}: beta_schedule {scheduler.get('beta_schedule')!r}; "
+                                    f"SD's samplers here use 'scaled_linear'")
+    return ModelSpec(
+        name=name,
+        unet=keys.unet_config_from_diffusers(unet, folder / "unet" / "config.json"),
+        vae=keys.vae_config_from_diffusers(vae, folder / "vae" / "config.json"),
+        text=keys.text_config_from_transformers(read_json(folder / "text_encoder" / "config.json"),
+                                                folder / "text_encoder" / "config.json"),
+        prediction_type=PREDICTION_TYPES[kind],
+        scale_factor=vae.get("scaling_factor", 0.18215),
+        image_size=vae.get("sample_size") or 8 * unet.get("sample_size", 64),
+        beta_start=scheduler.get("beta_start", 0.00085), beta_end=scheduler.get("beta_end", 0.012),
+        num_train_timesteps=scheduler.get("num_train_timesteps", 1000),
+        steps_offset=scheduler.get("steps_offset", 1), notes=f"diffusers folder {folder}")
+
+
+def load_folder(folder: Path, *, dtype: torch.dtype, device: torch.device, prediction_type: str | None,
+                allow_pickle: bool, preset: ModelSpec | None = None):
+    """(unet, vae, text_encoder, tokenizer, spec) from a diffusers folder. `preset` names the model
+    when the folder is a preset's Hub snapshot; its facts (name, prediction type, repository) are kept."""
+    check_folder(folder)
+    spec = read_spec(folder, folder.name)
+    if preset is not None:
+        if preset.prediction_type != spec.prediction_type:
+            warnings.warn(f"{folder}: the scheduler config says {spec.prediction_type!r} but preset {preset.name!r} "
+                          f"says {preset.prediction_type!r}; using the preset's", stacklevel=3)
+        spec = replace(preset, unet=spec.unet, vae=spec.vae, text=spec.text, notes=f"Hub snapshot {folder}")
+    if prediction_type is not None:
+        spec = replace(spec, prediction_type=prediction_type)
+
+    fp16 = dtype == torch.float16
+    modules = {}
+    for part, stem in COMPONENTS.items():
+        files = weight_files(folder / part, stem, fp16, allow_pickle)
+        tensors = {k: v for k, v in read_tensors(files).items() if k not in NON_WEIGHTS.get(part, ())}
+        file = files[0] if len(files) == 1 else f"{folder / part} ({len(files)} shards)"
+        if part == "unet":
+            module = build_empty(spec.build_unet)
+            tensors = keys.unet_from_diffusers(tensors, spec.unet)
+        elif part == "vae":
+            module = build_empty(spec.build_vae)
+            tensors = keys.vae_from_diffusers(tensors, spec.vae)
+        else:
+            module = build_empty(spec.build_text_encoder)
+            tensors = keys.text_from_transformers(tensors, spec.text)
+            tensors.update(_absent_from_transformers(module, tensors))
+        modules[part] = assign_weights(module, tensors, file=file, part=part, dtype=dtype, device=device)
+
+    tokenizer = read_tokenizer(folder / "tokenizer")
+    return modules["unet"], modules["vae"], modules["text_encoder"], tokenizer, spec
+
+
+def read_tokenizer(folder: Path) -> Tokenizer:
+    """The CLIP tokenizer from `vocab.json` + `merges.txt` (the published folders), or from the
+    `tokenizer.json` that transformers 5 writes instead, in the style its pad token names."""
+    style = tokenizer_style(folder)
+    try:
+        if all((folder / name).is_file() for name in TOKENIZER_FILES):
+            return Tokenizer.from_vocab_files(folder / "vocab.json", folder / "merges.txt", style=style)
+        if (folder / "tokenizer.json").is_file():
+            model = read_json(folder / "tokenizer.json").get("model", {})
+            if model.get("type") != "BPE":
+                raise CorruptFileError(f"{folder / 'tokenizer.json'}: not a BPE tokenizer ({model.get('type')})")
+            merges = [m if isinstance(m, str) else " ".join(m) for m in model["merges"]]
+            with tempfile.TemporaryDirectory() as scratch:     # the same tables, in the two-file form
+                vocab_json, merges_txt = Path(scratch) / "vocab.json", Path(scratch) / "merges.txt"
+                vocab_json.write_text(json.dumps(model["vocab"]), encoding="utf-8")
+                merges_txt.write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
+                return Tokenizer.from_vocab_files(vocab_json, merges_txt, style=style)
+    except (ValueError, KeyError) as error:
+        raise CorruptFileError(f"{folder}: the tokenizer tables are damaged or not CLIP's ({error})") from None
+    raise NotAModelError(f"{folder}: no tokenizer tables; expected vocab.json + merges.txt (or tokenizer.json)")
+
+
+def _absent_from_transformers(module, tensors: dict) -> dict:
+    """SD 2's open_clip tower keeps `text_projection` and `logit_scale`, which a transformers
+    CLIPTextModel does not have. Neither is used to condition the UNet, only by
+    `TextEncoder.pooled_embedding`. They are filled with NaN, so that any use shows at once
+    instead of giving a plausible but wrong embedding."""
+    state = module.state_dict(keep_vars=True)
+    return {name: torch.full(state[name].shape, float("nan"))
+            for name in ("text_projection", "logit_scale") if name in state and name not in tensors}

@@ -1,0 +1,316 @@
+"""The diffusers layout <-> ours: architecture configs and the one key table.
+
+Our modules are named like the published single-file checkpoints (LDM's names), so a
+diffusers folder is the only source that needs renaming. Every rename is a row of a
+table, (diffusers module path, our module path, renames inside that module), built from
+the architecture config so that block indices come out right for any size:
+
+    UNet   down_blocks.L.resnets.J        -> input_blocks.(1 + L·(n+1) + J).0     n = res blocks per level
+           down_blocks.L.attentions.J     -> input_blocks.(1 + L·(n+1) + J).1
+           down_blocks.L.downsamplers.0.conv -> input_blocks.((L+1)·(n+1)).0.op
+           mid_block.resnets.0 / attentions.0 / resnets.1 -> middle_block.0 / 1 / 2
+           up_blocks.U.resnets.J          -> output_blocks.(U·(n+1) + J).0          U counts from the deepest level
+           up_blocks.U.attentions.J       -> output_blocks.(U·(n+1) + J).1
+           up_blocks.U.upsamplers.0.conv  -> output_blocks.(U·(n+1) + n).(2 if attention else 1).conv
+           resnet insides: norm1, conv1, time_emb_proj, norm2, conv2, conv_shortcut
+                        -> in_layers.0, in_layers.2, emb_layers.1, out_layers.0, out_layers.3, skip_connection
+    VAE    down_blocks.L.resnets.J -> down.L.block.J;  up_blocks.U.resnets.J -> up.(levels-1-U).block.J
+           mid_block.resnets.0 / attentions.0 / resnets.1 -> mid.block_1 / attn_1 / block_2
+           attention group_norm, to_q, to_k, to_v, to_out.0 -> norm, q, k, v, proj_out
+           (older diffusers files: query, key, value, proj_attn), Linear (C, C) <-> 1×1 conv (C, C, 1, 1)
+    Text   SD 1: transformers' names are ours (`text_model.` is added if a transformers-5 file lacks it).
+           SD 2: transformers' CLIPTextModel -> open_clip names, q_proj/k_proj/v_proj stacked into
+           in_proj_weight = [W_q; W_k; W_v]. The diffusers folder holds 23 blocks, not 24: diffusers
+           dropped the last block, which SD 2 never runs, so our tower is built with 23 blocks and
+           skip_last_layers = 0, which computes the same function.
+
+Names not in a table (conv_in, conv_out, quant_conv, the transformer blocks inside a
+SpatialTransformer, ...) are the same in both layouts and pass through unchanged; strict
+loading then catches anything that is neither.
+"""
+import torch
+
+from clip import TextConfig
+from ldm import AutoencoderConfig, UNetConfig
+
+from .errors import UnsupportedModelError
+
+UNET_RESNET = {"norm1": "in_layers.0", "conv1": "in_layers.2", "time_emb_proj": "emb_layers.1",
+               "norm2": "out_layers.0", "conv2": "out_layers.3", "conv_shortcut": "skip_connection"}
+VAE_RESNET = {"conv_shortcut": "nin_shortcut"}
+VAE_ATTENTION = {"group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v", "to_out.0": "proj_out"}
+VAE_ATTENTION_LEGACY = {"query": "q", "key": "k", "value": "v", "proj_attn": "proj_out"}   # read, never written
+SD2_TEXT_BLOCK = {"layer_norm1": "ln_1", "layer_norm2": "ln_2", "self_attn.out_proj": "attn.out_proj",
+                  "mlp.fc1": "mlp.c_fc", "mlp.fc2": "mlp.c_proj"}
+
+
+# ----------------------------------------------------------------------------- the tables
+def unet_table(config: UNetConfig) -> list[tuple[str, str, dict]]:
+    """(diffusers module, our module, inner renames) for every renamed UNet module."""
+    levels, n = len(config.channel_mult), config.num_res_blocks
+    rows = [("time_embedding.linear_1", "time_embed.0", {}), ("time_embedding.linear_2", "time_embed.2", {}),
+            ("conv_in", "input_blocks.0.0", {}), ("conv_norm_out", "out.0", {}), ("conv_out", "out.2", {}),
+            ("mid_block.resnets.0", "middle_block.0", UNET_RESNET), ("mid_block.attentions.0", "middle_block.1", {}),
+            ("mid_block.resnets.1", "middle_block.2", UNET_RESNET)]
+    for level in range(levels):
+        for j in range(n):
+            block = 1 + level * (n + 1) + j
+            rows.append((f"down_blocks.{level}.resnets.{j}", f"input_blocks.{block}.0", UNET_RESNET))
+            if level in config.attention_levels:
+                rows.append((f"down_blocks.{level}.attentions.{j}", f"input_blocks.{block}.1", {}))
+        if level < levels - 1:
+            rows.append((f"down_blocks.{level}.downsamplers.0.conv", f"input_blocks.{(level + 1) * (n + 1)}.0.op", {}))
+    for up in range(levels):
+        level = levels - 1 - up                      # diffusers counts up blocks from the deepest level
+        for j in range(n + 1):
+            block = up * (n + 1) + j
+            rows.append((f"up_blocks.{up}.resnets.{j}", f"output_blocks.{block}.0", UNET_RESNET))
+            if level in config.attention_levels:
+                rows.append((f"up_blocks.{up}.attentions.{j}", f"output_blocks.{block}.1", {}))
+        if level > 0:
+            index = 2 if level in config.attention_levels else 1
+            rows.append((f"up_blocks.{up}.upsamplers.0.conv", f"output_blocks.{up * (n + 1) + n}.{index}.conv", {}))
+    return rows
+
+
+def vae_table(config: AutoencoderConfig) -> list[tuple[str, str, dict]]:
+    """(diffusers module, our module, inner renames) for every renamed autoencoder module."""
+    levels, n = len(config.ch_mult), config.num_res_blocks
+    rows = []
+    for part in ("encoder", "decoder"):
+        rows += [(f"{part}.conv_norm_out", f"{part}.norm_out", {}),
+                 (f"{part}.mid_block.resnets.0", f"{part}.mid.block_1", VAE_RESNET),
+                 (f"{part}.mid_block.attentions.0", f"{part}.mid.attn_1", VAE_ATTENTION | VAE_ATTENTION_LEGACY),
+                 (f"{part}.mid_block.resnets.1", f"{part}.mid.block_2", VAE_RESNET)]
+    for level in range(levels):
+        for j in range(n):
+            rows.append((f"encoder.down_blocks.{level}.resnets.{j}", f"encoder.down.{level}.block.{j}", VAE_RESNET))
+        if level < levels - 1:
+            rows.append((f"encoder.down_blocks.{level}.downsamplers.0.conv",
+                         f"encoder.down.{level}.downsample.conv", {}))
+    for up in range(levels):
+        level = levels - 1 - up
+        for j in range(n + 1):
+            rows.append((f"decoder.up_blocks.{up}.resnets.{j}", f"decoder.up.{level}.block.{j}", VAE_RESNET))
+        if level > 0:
+            rows.append((f"decoder.up_blocks.{up}.upsamplers.0.conv", f"decoder.up.{level}.upsample.conv", {}))
+    return rows
+
+
+def sd2_text_table(config: TextConfig) -> list[tuple[str, str, dict]]:
+    """(transformers name, open_clip name, inner renames) for SD 2's text tower; q/k/v are fused separately."""
+    rows = [("text_model.embeddings.token_embedding", "token_embedding", {}),
+            ("text_model.embeddings.position_embedding.weight", "positional_embedding", {}),
+            ("text_model.final_layer_norm", "ln_final", {})]
+    rows += [(f"text_model.encoder.layers.{i}", f"transformer.resblocks.{i}", SD2_TEXT_BLOCK)
+             for i in range(config.layers)]
+    return rows
+
+
+def _rename(key: str, lookup: dict) -> str:
+    """Rename `key` by its longest module prefix in `lookup`, then the rest by the longest inner rename."""
+    parts = key.split(".")
+    for cut in range(len(parts), 0, -1):
+        prefix = ".".join(parts[:cut])
+        if prefix in lookup:
+            target, inner = lookup[prefix]
+            rest = parts[cut:]
+            for inner_cut in range(len(rest), 0, -1):
+                head = ".".join(rest[:inner_cut])
+                if head in inner:
+                    rest = inner[head].split(".") + rest[inner_cut:]
+                    break
+            return ".".join([target, *rest])
+    return key
+
+
+def _forward(table) -> dict:
+    return {theirs: (ours, inner) for theirs, ours, inner in table}
+
+
+def _backward(table) -> dict:
+    legacy = set(VAE_ATTENTION_LEGACY)
+    return {ours: (theirs, {v: k for k, v in inner.items() if k not in legacy}) for theirs, ours, inner in table}
+
+
+def _vae_attention_weight(key: str) -> bool:
+    return ".mid.attn_1." in key and key.rsplit(".", 2)[-2] in ("q", "k", "v", "proj_out") and key.endswith("weight")
+
+
+# ----------------------------------------------------------------------------- diffusers -> ours
+def unet_from_diffusers(tensors: dict, config: UNetConfig) -> dict:
+    lookup = _forward(unet_table(config))
+    return {_rename(k, lookup): v for k, v in tensors.items()}
+
+
+def vae_from_diffusers(tensors: dict, config: AutoencoderConfig) -> dict:
+    """Renamed, with the attention's Linear (C, C) weights viewed as 1×1 convs (C, C, 1, 1) (no copy)."""
+    lookup = _forward(vae_table(config))
+    out = {}
+    for key, value in tensors.items():
+        ours = _rename(key, lookup)
+        out[ours] = value[:, :, None, None] if _vae_attention_weight(ours) and value.ndim == 2 else value
+    return out
+
+
+def text_from_transformers(tensors: dict, config: TextConfig) -> dict:
+    """A transformers CLIPTextModel state dict -> our TextEncoder's (either layout)."""
+    # transformers 5 writes `embeddings.*` without the `text_model.` prefix; the published folders have it.
+    tensors = {k if k.startswith("text_model.") else "text_model." + k: v for k, v in tensors.items()}
+    if config.layout == "sd1":
+        return tensors
+    lookup = _forward(sd2_text_table(config))
+    out, qkv = {}, {}
+    for key, value in tensors.items():
+        parts = key.split(".")
+        if parts[-2] in ("q_proj", "k_proj", "v_proj") and parts[-3] == "self_attn":
+            qkv[(int(parts[3]), parts[-1], parts[-2])] = value      # (layer, weight|bias, q|k|v)
+            continue
+        out[_rename(key, lookup)] = value
+    for layer, kind in sorted({(layer, kind) for layer, kind, _ in qkv}):
+        pieces = [qkv.get((layer, kind, name)) for name in ("q_proj", "k_proj", "v_proj")]
+        if any(p is None for p in pieces):
+            raise UnsupportedModelError(f"text encoder layer {layer}: q_proj/k_proj/v_proj.{kind} is incomplete")
+        out[f"transformer.resblocks.{layer}.attn.in_proj_{kind}"] = torch.cat(pieces)   # rows [q; k; v]
+    return out
+
+
+# ----------------------------------------------------------------------------- ours -> diffusers
+def unet_to_diffusers(tensors: dict, config: UNetConfig) -> dict:
+    lookup = _backward(unet_table(config))
+    return {_rename(k, lookup): v for k, v in tensors.items()}
+
+
+def vae_to_diffusers(tensors: dict, config: AutoencoderConfig) -> dict:
+    lookup = _backward(vae_table(config))
+    return {_rename(k, lookup): (v[:, :, 0, 0] if _vae_attention_weight(k) else v) for k, v in tensors.items()}
+
+
+def text_to_transformers(tensors: dict, config: TextConfig) -> dict:
+    """Our TextEncoder's state dict -> the published transformers layout (`text_model.*`).
+
+    SD 2: the projection and logit scale have no place in a CLIPTextModel and are dropped;
+    so is any block past the 23rd, as diffusers does.
+    """
+    if config.layout == "sd1":
+        return dict(tensors)
+    lookup = _backward(sd2_text_table(config))
+    kept = config.layers - config.skip_last_layers
+    out = {}
+    for key, value in tensors.items():
+        if key in ("text_projection", "logit_scale"):
+            continue
+        if key.startswith("transformer.resblocks.") and int(key.split(".")[2]) >= kept:
+            continue
+        if key.endswith(("attn.in_proj_weight", "attn.in_proj_bias")):
+            layer, kind = int(key.split(".")[2]), key.rsplit("_", 1)[-1]
+            for name, piece in zip(("q_proj", "k_proj", "v_proj"), value.chunk(3)):
+                out[f"text_model.encoder.layers.{layer}.self_attn.{name}.{kind}"] = piece
+            continue
+        out[_rename(key, lookup)] = value
+    return out
+
+
+# ----------------------------------------------------------------------------- configs
+# Settings of diffusers' UNet2DConditionModel that our UNet does not have: their SD values (the defaults).
+_UNET_FIXED = {"center_input_sample": False, "flip_sin_to_cos": True, "freq_shift": 0, "downsample_padding": 1,
+               "mid_block_scale_factor": 1, "act_fn": "silu", "norm_eps": 1e-5, "only_cross_attention": False,
+               "dual_cross_attention": False, "class_embed_type": None, "addition_embed_type": None,
+               "num_class_embeds": None, "resnet_time_scale_shift": "default", "time_embedding_type": "positional",
+               "conv_in_kernel": 3, "conv_out_kernel": 3, "time_cond_proj_dim": None, "encoder_hid_dim": None,
+               "attention_type": "default", "time_embedding_dim": None, "timestep_post_act": None,
+               "resnet_skip_time_act": False, "resnet_out_scale_factor": 1.0, "cross_attention_norm": None,
+               "mid_block_type": "UNetMidBlock2DCrossAttn", "mid_block_only_cross_attention": None,
+               "time_embedding_act_fn": None, "class_embeddings_concat": False, "encoder_hid_dim_type": None,
+               "addition_time_embed_dim": None, "projection_class_embeddings_input_dim": None,
+               "reverse_transformer_layers_per_block": None}
+_VAE_FIXED = {"act_fn": "silu", "use_quant_conv": True, "use_post_quant_conv": True, "mid_block_add_attention": True,
+              "shift_factor": None, "latents_mean": None, "latents_std": None}
+
+
+def _check_fixed(config: dict, fixed: dict, file) -> None:
+    wrong = {k: config[k] for k, v in fixed.items() if k in config and config[k] != v}
+    if wrong:
+        raise UnsupportedModelError(
+            f"{file}: sets {', '.join(f'{k}={v!r}' for k, v in wrong.items())}, which this implementation does not "
+            f"have (it implements the Stable Diffusion 1.x/2.x text-to-image networks, where these are "
+            f"{', '.join(f'{k}={fixed[k]!r}' for k in wrong)})")
+
+
+def _uniform(value, levels: int, name: str, file):
+    """A per-level setting given as one value or a list."""
+    if isinstance(value, (list, tuple)):
+        if len(set(value)) != 1:
+            raise UnsupportedModelError(f"{file}: {name}={value} differs between levels; this UNet has one value")
+        return value[0]
+    return value
+
+
+def unet_config_from_diffusers(config: dict, file) -> UNetConfig:
+    """diffusers' unet/config.json -> UNetConfig."""
+    _check_fixed(config, _UNET_FIXED, file)
+    channels = list(config["block_out_channels"])
+    down, up = list(config["down_block_types"]), list(config["up_block_types"])
+    kinds = {"CrossAttnDownBlock2D": True, "DownBlock2D": False}
+    if any(d not in kinds for d in down) or up != [d.replace("Down", "Up") for d in reversed(down)]:
+        raise UnsupportedModelError(f"{file}: down_block_types {down} / up_block_types {up} are not the mirrored "
+                                    "CrossAttnDownBlock2D/DownBlock2D stacks of an SD 1.x/2.x UNet")
+    if any(c % channels[0] for c in channels):
+        raise UnsupportedModelError(f"{file}: block_out_channels {channels} are not multiples of the first")
+    attention_levels = tuple(i for i, d in enumerate(down) if kinds[d])
+    # diffusers' `attention_head_dim` counts heads (a historical misnomer); `num_attention_heads` wins if set.
+    # A single number is SD 1's fixed head count; a per-level list is SD 2's fixed head width.
+    heads = config.get("num_attention_heads") or config.get("attention_head_dim", 8)
+    per_level = isinstance(heads, (list, tuple))
+    heads = list(heads) if per_level else [heads] * len(channels)
+    levels = [*attention_levels, len(channels) - 1]                  # the middle block uses the last level's
+    head_dims = {channels[i] // heads[i] for i in levels}
+    uniform_width = len(head_dims) == 1 and all(channels[i] % heads[i] == 0 for i in levels)
+    if uniform_width and (per_level or len({heads[i] for i in levels}) > 1):
+        num_heads, head_dim = None, head_dims.pop()
+    elif len({heads[i] for i in levels}) == 1:
+        num_heads, head_dim = heads[levels[0]], None
+    else:
+        raise UnsupportedModelError(f"{file}: attention heads {heads} are neither one count nor one width per head")
+    return UNetConfig(
+        in_channels=config.get("in_channels", 4), out_channels=config.get("out_channels", 4),
+        model_channels=channels[0], channel_mult=tuple(c // channels[0] for c in channels),
+        num_res_blocks=_uniform(config.get("layers_per_block", 2), len(channels), "layers_per_block", file),
+        attention_levels=attention_levels, num_heads=num_heads, head_dim=head_dim,
+        context_dim=_uniform(config.get("cross_attention_dim", 1280), len(channels), "cross_attention_dim", file),
+        transformer_depth=_uniform(config.get("transformer_layers_per_block", 1), len(channels),
+                                   "transformer_layers_per_block", file),
+        use_linear_proj=bool(config.get("use_linear_projection", False)),
+        norm_groups=config.get("norm_num_groups", 32), upcast_attention=bool(config.get("upcast_attention", False)))
+
+
+def vae_config_from_diffusers(config: dict, file) -> AutoencoderConfig:
+    """diffusers' vae/config.json -> AutoencoderConfig."""
+    _check_fixed(config, _VAE_FIXED, file)
+    channels = list(config["block_out_channels"])
+    down, up = set(config.get("down_block_types", [])), set(config.get("up_block_types", []))
+    if down - {"DownEncoderBlock2D"} or up - {"UpDecoderBlock2D"} or any(c % channels[0] for c in channels):
+        raise UnsupportedModelError(f"{file}: not the KL-f8 autoencoder of SD 1.x/2.x "
+                                    f"(blocks {sorted(down | up)}, block_out_channels {channels})")
+    return AutoencoderConfig(
+        in_channels=config.get("in_channels", 3), out_channels=config.get("out_channels", 3), ch=channels[0],
+        ch_mult=tuple(c // channels[0] for c in channels), num_res_blocks=config.get("layers_per_block", 2),
+        z_channels=config.get("latent_channels", 4), embed_dim=config.get("latent_channels", 4),
+        norm_groups=config.get("norm_num_groups", 32))
+
+
+def text_config_from_transformers(config: dict, file) -> TextConfig:
+    """transformers' text_encoder/config.json -> TextConfig.
+
+    OpenAI's CLIP (SD 1) uses quick-GELU, OpenCLIP (SD 2) exact GELU: the activation tells
+    which tower, and so which of our two layouts, the folder holds.
+    """
+    width, activation = config["hidden_size"], config.get("hidden_act", "quick_gelu")
+    if activation not in ("quick_gelu", "gelu"):
+        raise UnsupportedModelError(f"{file}: hidden_act={activation!r}; CLIP text towers use quick_gelu or gelu")
+    if config.get("intermediate_size", 4 * width) != 4 * width:
+        raise UnsupportedModelError(f"{file}: intermediate_size {config['intermediate_size']} is not 4 x {width}")
+    return TextConfig(layout="sd1" if activation == "quick_gelu" else "sd2", vocab_size=config.get("vocab_size", 49408),
+                      context_length=config.get("max_position_embeddings", 77), width=width,
+                      layers=config["num_hidden_layers"], heads=config["num_attention_heads"], activation=activation,
+                      skip_last_layers=0, layer_norm_eps=config.get("layer_norm_eps", 1e-5))

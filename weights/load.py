@@ -1,0 +1,114 @@
+"""`weights.load(source)`: one entry point for every kind of checkpoint.
+
+    load("sd-1.5")                          a preset: its files come from the Hub (then the cache)
+    load("v1-5-pruned-emaonly.safetensors") a single-file checkpoint in the original LDM layout
+    load("path/to/folder")                  a diffusers-layout folder (unet/, vae/, text_encoder/, ...)
+    load("tiny")                            a small random model: no files, for tests and offline runs
+
+Whatever the source, the result is the same `Components`: our modules (named like the
+published single files), the tokenizer, and the `ModelSpec` that says what they are.
+See weights/LOADING.md for examples and for what each error means.
+"""
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+
+from clip import TextEncoder, Tokenizer
+from ldm import AutoencoderKL, UNetModel
+
+from . import hub, presets, single_file
+from .diffusers_folder import load_folder
+from .errors import NotAModelError, UnknownSourceError
+from .materialize import assign_weights, build_empty, open_safetensors
+from .pickle_checkpoint import PICKLE_SUFFIXES, read_pickle, refusal
+from .presets import ModelSpec
+from .random_init import fill_random_
+
+TINY_SEEDS = {"unet": 0, "vae": 1, "text_encoder": 2}
+_PREDICTION_TYPES = {"epsilon": "epsilon", "eps": "epsilon", "v": "v", "v_prediction": "v"}
+
+
+@dataclass
+class Components:
+    """A loaded model: the three networks, the tokenizer, and the spec (architecture, ε or v, scale factor)."""
+    unet: UNetModel
+    vae: AutoencoderKL
+    text_encoder: TextEncoder
+    tokenizer: Tokenizer
+    spec: ModelSpec
+
+
+def load(source: str | Path, *, dtype: torch.dtype | None = None, device: str | torch.device = "cpu",
+         prediction_type: str | None = None, allow_pickle: bool = False) -> Components:
+    """Load a Stable Diffusion 1.x/2.x model from a preset id, a single file, a diffusers folder, or "tiny".
+
+    dtype: of every weight (default float32). float16 also picks the Hub's `.fp16` files.
+    device: where the weights go. Tensors are memory-mapped from the files and copied only
+        when the dtype or device differs from the file's.
+    prediction_type: "epsilon" or "v" ("v_prediction" is accepted). The weights cannot say which;
+        by default it comes from the preset or the folder's scheduler config.
+    allow_pickle: read .ckpt/.pt/.bin files with torch.load(weights_only=True) instead of refusing them.
+    """
+    dtype = dtype or torch.float32
+    device = torch.device(device)
+    if prediction_type is not None:
+        if prediction_type not in _PREDICTION_TYPES:
+            raise ValueError(f"prediction_type must be one of {sorted(_PREDICTION_TYPES)}, not {prediction_type!r}")
+        prediction_type = _PREDICTION_TYPES[prediction_type]
+    options = dict(dtype=dtype, device=device, prediction_type=prediction_type)
+
+    if isinstance(source, str) and source == "tiny":
+        return load_tiny(**options)
+    if isinstance(source, str) and source in presets.NAMES:
+        spec = presets.get(source)
+        folder = hub.fetch(spec, fp16=dtype == torch.float16)
+        return Components(*load_folder(folder, preset=spec, allow_pickle=False, **options))
+
+    path = Path(source).expanduser()
+    if path.is_dir():
+        return Components(*load_folder(path, allow_pickle=allow_pickle, **options))
+    if path.is_file():
+        if path.suffix == ".safetensors":
+            return load_single_file(path, open_safetensors(path), **options)
+        if path.suffix in PICKLE_SUFFIXES:
+            if not allow_pickle:
+                raise refusal(path)
+            return load_single_file(path, read_pickle(path), **options)
+        raise NotAModelError(f"{path}: not a checkpoint this loader reads; expected a .safetensors single file, "
+                             f"a diffusers model folder, or (with allow_pickle=True) a .ckpt file")
+    if path.suffix in (".safetensors", *PICKLE_SUFFIXES):
+        raise UnknownSourceError(f"{path}: no such file (looked for {path.resolve()})")
+    raise UnknownSourceError(
+        f"{str(source)!r} is neither a known model id nor an existing file or folder "
+        f"(looked for {path.resolve()}). Known ids: {', '.join(presets.NAMES)}. For another Hub repository, "
+        f"download it with `hf download <repo> --local-dir DIR` and pass DIR.")
+
+
+def load_single_file(path: Path, tensors: dict, *, dtype, device, prediction_type) -> Components:
+    """A single-file checkpoint's networks, on the architecture of the preset it matches."""
+    family = single_file.detect_family(tensors, path)
+    shapes = {k: tuple(tensors[k].shape) for k in single_file.PROBES.values() if k in tensors}
+    preset = presets.get(single_file.choose_preset(family, path, shapes, prediction_type, presets))
+    spec = replace(preset, prediction_type=prediction_type or preset.prediction_type, notes=f"single file {path}")
+    parts = single_file.split(tensors, family, path)
+    del tensors
+    unet = assign_weights(build_empty(spec.build_unet), parts.pop("unet"), file=path, part="unet",
+                          dtype=dtype, device=device)
+    vae = assign_weights(build_empty(spec.build_vae), parts.pop("vae"), file=path, part="vae",
+                         dtype=dtype, device=device)
+    text_encoder = assign_weights(build_empty(spec.build_text_encoder), parts.pop("text_encoder"), file=path,
+                                  part="text_encoder", dtype=dtype, device=device)
+    return Components(unet, vae, text_encoder, spec.build_tokenizer(), spec)
+
+
+def load_tiny(*, dtype, device, prediction_type) -> Components:
+    """The "tiny" preset with deterministic random weights (`fill_random_`, seeds TINY_SEEDS)."""
+    spec = presets.get("tiny")
+    if prediction_type is not None:
+        spec = replace(spec, prediction_type=prediction_type)
+    unet = fill_random_(spec.build_unet(), TINY_SEEDS["unet"])
+    vae = fill_random_(spec.build_vae(), TINY_SEEDS["vae"])
+    text_encoder = fill_random_(spec.build_text_encoder(), TINY_SEEDS["text_encoder"])
+    modules = [m.to(device=device, dtype=dtype).eval() for m in (unet, vae, text_encoder)]
+    return Components(*modules, spec.build_tokenizer(), spec)
