@@ -4,11 +4,14 @@
     masks.py           pixel mask → latent mask, dilation, the progressive shrinking schedule (§4.3)
     reconstruction.py  background reconstruction (§4.2): decoder fine-tuning, latent optimisation, paste
     toy_model.py       an exact toy model (posterior mean of a dozen photographs) for offline runs
+    rank.py            ranking of the results by CLIP distance of the edited region to the prompt (§4.4)
     editor.py          edit(image, mask, prompt, ...) -> PIL images
     cli.py             python -m blend
 """
 from .algorithm import blended_latent_diffusion
 from .editor import EditInputError, edit
 from .masks import dilate_mask, resize_mask, shrink_schedule
+from .rank import rank
 
-__all__ = ["blended_latent_diffusion", "edit", "EditInputError", "dilate_mask", "resize_mask", "shrink_schedule"]
+__all__ = ["blended_latent_diffusion", "edit", "EditInputError", "dilate_mask", "resize_mask", "shrink_schedule",
+           "rank"]

@@ -19,6 +19,7 @@ from PIL import Image
 
 from .editor import EditInputError, edit, load_model, read_image, read_mask
 from .reconstruction import MODES
+from weights import load_clip
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 EXAMPLE_IMAGE = ASSETS / "example.jpg"       # scikit-image's "coffee" photograph, CC0 (assets/SOURCES.md)
@@ -46,6 +47,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="Algorithm 1 as the paper intends it, or the official SD2 script's loop")
     parser.add_argument("--shrink", action="store_true", help="progressive mask shrinking (paper §4.3)")
     parser.add_argument("--reconstruction", choices=MODES, default="none", help="background reconstruction (§4.2)")
+    parser.add_argument("--rank", nargs="?", const="ViT-B/16", default=None, metavar="CLIP",
+                        help="rank the results by CLIP (paper §4.4), best first, with their distances in ranking.txt; "
+                             "CLIP is ViT-B/16 (default, as the official code), ViT-L/14, tiny or a model.safetensors")
     parser.add_argument("--dtype", choices=tuple(DTYPES), default=None, help="weights' dtype (default: the loader's)")
     parser.add_argument("--device", default=None, help="cpu, cuda, … (default: cuda when available)")
     parser.add_argument("--size", type=int, default=None, help="working long side in pixels (default: the model's)")
@@ -84,13 +88,20 @@ def run(args: argparse.Namespace) -> int:
     except Exception as error:  # any failure to get weights ends here, with one clear paragraph
         print(cannot_load_message(args.model, error), file=sys.stderr)
         return 1
+    ranker = None
+    if args.rank:  # before the edit, so that missing CLIP weights cost no sampling time
+        try:
+            ranker = load_clip(args.rank)
+        except Exception as error:
+            print(f"error: could not load the CLIP ranker {args.rank!r}: {error}", file=sys.stderr)
+            return 1
 
     started = time.perf_counter()
     try:
         results = edit(image, mask, args.prompt, model=model, steps=args.steps, guidance_scale=args.guidance,
                        start=args.start, num_samples=args.samples, seed=args.seed, variant=args.variant,
                        shrink=args.shrink, reconstruction=args.reconstruction, device=device, size=args.size,
-                       progress=ProgressLine(f"{args.model} {args.variant}"))
+                       progress=ProgressLine(f"{args.model} {args.variant}"), ranker=ranker)
     except EditInputError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -99,6 +110,12 @@ def run(args: argparse.Namespace) -> int:
     for index, result in enumerate(results):
         result.save(folder / f"result_{index}.png")
     grid(image, mask, results).save(folder / "grid.png")
+    if args.rank:
+        lines = [f"result_{index}.png  sample {result.info['sample']}  clip_distance {result.info['clip_distance']:.6f}"
+                 for index, result in enumerate(results)]
+        (folder / "ranking.txt").write_text(f"# ranked by CLIP {args.rank} (paper §4.4): lower distance is better\n"
+                                            + "\n".join(lines) + "\n")
+        print("\n".join(lines))
     print(f"{len(results)} results for {args.prompt!r} ({args.model}, {time.perf_counter() - started:.1f} s) "
           f"written to {folder}/ : result_0..{len(results) - 1}.png and grid.png (input | mask | results)")
     return 0

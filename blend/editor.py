@@ -30,6 +30,7 @@ from samplers import DDIMSampler
 
 from .algorithm import blended_latent_diffusion
 from .masks import resize_mask, threshold_mask
+from .rank import rank as rank_by_clip
 from .reconstruction import MODES, finetune_decoder, optimise_latent, paste_background
 from .toy_model import load_toy
 
@@ -108,7 +109,7 @@ def size_multiple(components) -> int:
 def edit(image, mask, prompt: str, *, model="sd-2.1-base", steps: int = 50, guidance_scale: float | None = None,
          start: float = 0.25, num_samples: int = 4, seed: int = 42, variant: str = "paper", shrink=False,
          reconstruction: str = "none", dtype=None, device: str | None = None, size: int | None = None,
-         progress=None) -> list:
+         progress=None, rank: str | None = None, ranker=None) -> list:
     """Edit `image` inside `mask` (white = edit) towards `prompt`; returns `num_samples` PIL images.
 
     model: "toy" (offline, exact; blend.toy_model), "tiny" (random weights: noise by design), a
@@ -116,6 +117,9 @@ def edit(image, mask, prompt: str, *, model="sd-2.1-base", steps: int = 50, guid
     (see weights.load), or already loaded components. guidance_scale: default 7.5 (official), the
     toy's own default (1.0) for the toy. variant, shrink, start: see blended_latent_diffusion.
     reconstruction: one of "none" (the official SD2 script's), "pixel", "latent", "decoder" (§4.2).
+    rank: a CLIP model name ("ViT-B/16", the official code's; "ViT-L/14"; "tiny") or file, or
+    `ranker`, a built clip.CLIPModel: the results come back best first (§4.4, blend.rank), each
+    with `info["sample"]` (its index before ranking) and `info["clip_distance"]`.
     Same seed, same output on the same device.
     """
     if reconstruction not in MODES:
@@ -165,6 +169,11 @@ def edit(image, mask, prompt: str, *, model="sd-2.1-base", steps: int = 50, guid
         original_mask = torch.from_numpy(pixel_mask)[None, None]
         results = [_to_image(paste_background(_to_tensor(result), _to_tensor(source), original_mask)[0])
                    for result in results]
+    if rank is not None or ranker is not None:  # §4.4: best first
+        order, scores = rank_by_clip(results, prompt, pixel_mask, model=rank or "ViT-B/16", ranker=ranker)
+        results = [results[i] for i in order]
+        for result, sample, score in zip(results, order, scores):
+            result.info.update(sample=sample, clip_distance=score)
     return results
 
 

@@ -135,3 +135,24 @@ def test_cli_without_weights_exits_nonzero_with_one_paragraph(tmp_path):
     for needed in ("stabilityai/stable-diffusion-2-1-base", "hf download", "--model PATH", "--model toy"):
         assert needed in message
     assert not (tmp_path / "outputs").exists()
+
+
+def test_cli_rank_saves_results_best_first_with_ascending_clip_distances(tmp_path, capsys):
+    """--rank (paper §4.4): result_k is the unranked sample listed k-th in ranking.txt, and distances ascend."""
+    common = ["--model", "tiny", "--samples", "3", "--steps", "4", "--size", "64"]
+    assert main(common + ["--out", str(tmp_path / "plain")]) == 0
+    assert main(common + ["--rank", "tiny", "--out", str(tmp_path / "ranked")]) == 0
+    lines = (tmp_path / "ranked" / "ranking.txt").read_text().splitlines()[1:]
+    samples = [int(line.split()[2]) for line in lines]
+    distances = [float(line.split()[4]) for line in lines]
+    assert sorted(samples) == [0, 1, 2] and distances == sorted(distances)
+    plain = [np.asarray(Image.open(tmp_path / "plain" / f"result_{i}.png")) for i in range(3)]
+    for k, sample in enumerate(samples):
+        assert np.array_equal(np.asarray(Image.open(tmp_path / "ranked" / f"result_{k}.png")), plain[sample])
+    grid_ranked = np.asarray(Image.open(tmp_path / "ranked" / "grid.png"))
+    grid_plain = np.asarray(Image.open(tmp_path / "plain" / "grid.png"))
+    width = grid_plain.shape[1] // 5                         # input | mask | 3 results
+    def tile(grid, index):
+        return grid[:, (2 + index) * width:(3 + index) * width]
+    for k, sample in enumerate(samples):
+        assert np.array_equal(tile(grid_ranked, k), tile(grid_plain, sample))

@@ -82,25 +82,28 @@ def split_parts(tensors: dict, file) -> dict:
             unknown.append(key)
         else:
             parts[part][key] = tensor
-    if unknown or not all(parts.values()):
+    absent = [part for part, part_tensors in parts.items() if not part_tensors]
+    if unknown or absent:
         raise NotAModelError(f"{file}: not a transformers CLIPModel file: {len(unknown)} key(s) belong to neither "
-                             f"tower ({', '.join(sorted(unknown)[:5])}), {', '.join(p for p, t in parts.items() if not t) or 'no'} "
-                             f"tower(s) missing. Expected vision_model.*, visual_projection.weight, text_model.*, "
-                             f"text_projection.weight (and logit_scale), as in {HUB_FILES['ViT-B/16'][0]}.")
+                             f"tower ({', '.join(sorted(unknown)[:5])}); tower(s) without weights: "
+                             f"{', '.join(absent) or 'none'}. Expected vision_model.*, visual_projection.weight, "
+                             f"text_model.*, text_projection.weight (and logit_scale), as in "
+                             f"{HUB_FILES['ViT-B/16'][0]}/{HUB_FILES['ViT-B/16'][1]}.")
     return parts
 
 
 def detect_architecture(parts: dict, file) -> str:
     """The name of the CLIP model whose key shapes the file's tensors have exactly."""
     found = {part: _shapes_of(tensors) for part, tensors in parts.items()}
-    for name in HUB_FILES:
+    for name in CLIP_NAMES:                     # "tiny" too: files of the test architecture load as well
         with torch.device("meta"):
-            towers = {"image_encoder": ImageEncoder(IMAGE_CONFIGS[name]), "text_encoder": TextEncoder(TEXT_CONFIGS[name])}
+            towers = {"image_encoder": ImageEncoder(IMAGE_CONFIGS[name]),
+                      "text_encoder": TextEncoder(TEXT_CONFIGS[name])}
         if all(_shapes(towers[part]) == shapes for part, shapes in found.items()):
             return name
     patch = found["image_encoder"].get("vision_model.embeddings.patch_embedding.weight")
     raise NotAModelError(f"{file}: a CLIPModel file, but not of an architecture this loader has "
-                         f"({', '.join(HUB_FILES)}); its patch embedding is {patch}. Ranking supports OpenAI's "
+                         f"({', '.join(CLIP_NAMES)}); its patch embedding is {patch}. Ranking supports OpenAI's "
                          f"ViT-B/16 and ViT-L/14.")
 
 
