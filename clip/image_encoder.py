@@ -25,10 +25,9 @@ and `openai/clip-vit-large-patch14` files store it, so `state_dict()` keys equal
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from .text_encoder import MLP
+from .text_encoder import MLP, SelfAttention
 
 
 @dataclass(frozen=True)
@@ -61,33 +60,13 @@ IMAGE_CONFIGS = {
 }
 
 
-class SelfAttention(nn.Module):
-    """softmax(Q·Kᵀ/√d)·V per head, with no mask, then the output projection (CLIPAttention's names)."""
-
-    def __init__(self, width: int, heads: int):
-        super().__init__()
-        self.heads = heads
-        self.q_proj = nn.Linear(width, width)
-        self.k_proj = nn.Linear(width, width)
-        self.v_proj = nn.Linear(width, width)
-        self.out_proj = nn.Linear(width, width)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        batch, length, width = x.shape
-        # (B, L, C) -> (B, heads, L, C/heads)
-        q, k, v = (p(x).view(batch, length, self.heads, width // self.heads).transpose(1, 2)
-                   for p in (self.q_proj, self.k_proj, self.v_proj))
-        y = F.scaled_dot_product_attention(q, k, v)                       # scale 1/√(C/heads)
-        return self.out_proj(y.transpose(1, 2).reshape(batch, length, width))
-
-
 class EncoderLayer(nn.Module):
     """x + Attention(LN_1(x)), then x + MLP(LN_2(x)): the text tower's block without the causal mask."""
 
     def __init__(self, config: ImageConfig):
         super().__init__()
         self.layer_norm1 = nn.LayerNorm(config.width, eps=config.layer_norm_eps)
-        self.self_attn = SelfAttention(config.width, config.heads)
+        self.self_attn = SelfAttention(config.width, config.heads, fused_qkv=False, causal=False)
         self.layer_norm2 = nn.LayerNorm(config.width, eps=config.layer_norm_eps)
         self.mlp = MLP(config.width, "quick_gelu", ("fc1", "fc2"))
 

@@ -83,16 +83,17 @@ BLOCK_NAMES = {
 }
 
 
-class CausalSelfAttention(nn.Module):
-    """softmax(Q·Kᵀ/√d + M)·V per head, with M_ij = -inf for j > i. Then the output projection.
+class SelfAttention(nn.Module):
+    """softmax(Q·Kᵀ/√d + M)·V per head, then the output projection. The text towers are causal,
+    M_ij = -inf for j > i; the image tower (clip/image_encoder.py) has no mask, M = 0.
 
-    SD 1 keeps W_q, W_k, W_v as three Linear layers (`q_proj`, `k_proj`, `v_proj`).
+    SD 1 and the image tower keep W_q, W_k, W_v as three Linear layers (`q_proj`, `k_proj`, `v_proj`).
     SD 2 (torch's nn.MultiheadAttention) stacks them as `in_proj_weight` = [W_q; W_k; W_v], (3C, C).
     """
 
-    def __init__(self, width: int, heads: int, fused_qkv: bool):
+    def __init__(self, width: int, heads: int, fused_qkv: bool, causal: bool = True):
         super().__init__()
-        self.heads, self.fused_qkv = heads, fused_qkv
+        self.heads, self.fused_qkv, self.causal = heads, fused_qkv, causal
         if fused_qkv:
             self.in_proj_weight = nn.Parameter(torch.empty(3 * width, width))
             self.in_proj_bias = nn.Parameter(torch.zeros(3 * width))
@@ -111,7 +112,7 @@ class CausalSelfAttention(nn.Module):
             q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
         # (B, L, C) -> (B, heads, L, C/heads)
         q, k, v = (t.view(batch, length, self.heads, width // self.heads).transpose(1, 2) for t in (q, k, v))
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)     # scale 1/√(C/heads)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)   # scale 1/√(C/heads)
         return self.out_proj(y.transpose(1, 2).reshape(batch, length, width))
 
 
@@ -138,7 +139,7 @@ class ResidualAttentionBlock(nn.Module):
         ln_1, attn, ln_2, mlp_in, mlp_out = self.names = BLOCK_NAMES[config.layout]
         width, eps = config.width, config.layer_norm_eps
         self.add_module(ln_1, nn.LayerNorm(width, eps=eps))
-        self.add_module(attn, CausalSelfAttention(width, config.heads, fused_qkv=config.layout == "sd2"))
+        self.add_module(attn, SelfAttention(width, config.heads, fused_qkv=config.layout == "sd2"))
         self.add_module(ln_2, nn.LayerNorm(width, eps=eps))
         self.mlp = MLP(width, config.activation, (mlp_in, mlp_out))
 
