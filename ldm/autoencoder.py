@@ -18,6 +18,7 @@ from torch import nn
 
 from .attention import multi_head_attention
 from .distributions import DiagonalGaussian
+from .unet import Upsample  # nearest ×2 then a 3×3 conv: the same layer, and the same keys, in both networks
 
 
 @dataclass(frozen=True)
@@ -89,17 +90,6 @@ class Downsample(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv(F.pad(x, (0, 1, 0, 1), mode="constant", value=0.0))
-
-
-class Upsample(nn.Module):
-    """Nearest-neighbour ×2, then a 3×3 conv: (H, W) -> (2H, 2W)."""
-
-    def __init__(self, channels: int):
-        super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
 
 
 class DownLevel(nn.Module):
