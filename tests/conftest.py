@@ -34,6 +34,17 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip_gpu)
 
 
+@pytest.fixture
+def offline_cache(tmp_path, monkeypatch):
+    """An empty Hugging Face cache with the hub offline (HF_HUB_OFFLINE): tests fill it with fakes.write_hub_cache."""
+    from huggingface_hub import constants
+    cache = tmp_path / "hub"
+    cache.mkdir()
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    return cache
+
+
 @pytest.fixture(autouse=True)
 def _deterministic():
     torch.manual_seed(0)

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from huggingface_hub import constants
 from PIL import Image
 from safetensors.torch import save_file
 
@@ -165,15 +164,6 @@ def test_hub_repositories_are_openais_transformers_clip_models():
     assert {name: HUB_FILES[name][:2] for name in HUB_FILES} == {
         "ViT-B/16": ("openai/clip-vit-base-patch16", "model.safetensors"),
         "ViT-L/14": ("openai/clip-vit-large-patch14", "model.safetensors")}
-
-
-@pytest.fixture
-def offline_cache(tmp_path, monkeypatch):
-    cache = tmp_path / "hub"
-    cache.mkdir()
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-    return cache
 
 
 def test_offline_without_the_file_the_error_names_repository_file_and_the_fix(offline_cache):

@@ -21,7 +21,8 @@ import pytest
 import torch
 
 from clip import Tokenizer
-from clip.tokenizer import BOS_ID, EOS_ID, read_bpe_merges, vocabulary_from_merges
+from clip.tokenizer import BOS_ID, EOS_ID
+from weights.fakes import clip_vocab_files
 from conftest import load_golden
 
 # sha256 of the published tokenizer/vocab.json and tokenizer/merges.txt that SD 1 folders carry
@@ -182,12 +183,9 @@ def test_decode_returns_the_cleaned_text_and_can_keep_special_tokens(sd1, sd2):
 
 def write_published_vocab_files(folder):
     """vocab.json + merges.txt in the published format, derived from the vendored BPE file."""
-    merges = read_bpe_merges()
-    vocabulary = {token: i for i, token in enumerate(vocabulary_from_merges(merges))}
-    vocab_json, merges_txt = folder / "vocab.json", folder / "merges.txt"
-    vocab_json.write_text(json.dumps(vocabulary, ensure_ascii=False, sort_keys=True), encoding="utf-8")
-    merges_txt.write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges), encoding="utf-8")
-    return vocab_json, merges_txt
+    for name, content in clip_vocab_files().items():
+        (folder / name).write_bytes(content)
+    return folder / "vocab.json", folder / "merges.txt"
 
 
 @pytest.mark.parametrize("style", ["sd1", "sd2"])

@@ -38,15 +38,6 @@ def write_repository(cache: Path, name: str, drop=()) -> Path:
     return fakes.write_hub_cache(cache, spec.hub_repo, {k: v for k, v in files.items() if k not in drop})
 
 
-@pytest.fixture
-def offline_cache(tmp_path, monkeypatch):
-    cache = tmp_path / "hub"
-    cache.mkdir()
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-    return cache
-
-
 @pytest.mark.parametrize("name", ["sd-1.5", "sd-2.1-base", "sd-2.1"])
 def test_preset_loads_offline_from_a_cache_laid_out_like_its_hub_repository(offline_cache, name):
     write_repository(offline_cache, name)

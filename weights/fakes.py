@@ -150,15 +150,22 @@ def model_index(spec: ModelSpec) -> dict:
             "vae": ["diffusers", "AutoencoderKL"]}
 
 
+def clip_vocab_files() -> dict[str, bytes]:
+    """{"vocab.json", "merges.txt"}: CLIP's tokenizer tables byte for byte as the published diffusers
+    tokenizer folders hold them, derived from the merge list in clip/ (tests/test_clip_tokenizer.py
+    checks both files' sha256 against the published ones)."""
+    merges = read_bpe_merges()
+    vocabulary = {token: i for i, token in enumerate(vocabulary_from_merges(merges))}
+    return {"vocab.json": json.dumps(vocabulary, ensure_ascii=False, sort_keys=True).encode("utf-8"),
+            "merges.txt": ("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges)).encode("utf-8")}
+
+
 def tokenizer_files(layout: str) -> dict[str, bytes]:
     """tokenizer/{vocab.json, merges.txt, special_tokens_map.json, tokenizer_config.json} as published.
 
     The tables come from CLIP's merge list (the copy in clip/). SD 1 pads with "<|endoftext|>",
     SD 2 with "!" (its special_tokens_map.json), as in the published folders.
     """
-    merges = read_bpe_merges()
-    vocabulary = vocabulary_from_merges(merges)
-
     def token(text, typed):
         return {**({"__type": "AddedToken"} if typed else {}), "content": text, "lstrip": False,
                 "normalized": True, "rstrip": False, "single_word": False}
@@ -171,8 +178,7 @@ def tokenizer_files(layout: str) -> dict[str, bytes]:
               "name_or_path": "openai/clip-vit-large-patch14" if layout == "sd1" else "stabilityai/stable-diffusion-2",
               "pad_token": "<|endoftext|>", "special_tokens_map_file": "./special_tokens_map.json",
               "tokenizer_class": "CLIPTokenizer", "unk_token": token("<|endoftext|>", True)}
-    return {"tokenizer/vocab.json": json.dumps({t: i for i, t in enumerate(vocabulary)}).encode(),
-            "tokenizer/merges.txt": ("#version: 0.2\n" + "\n".join(" ".join(m) for m in merges) + "\n").encode(),
+    return {**{f"tokenizer/{name}": content for name, content in clip_vocab_files().items()},
             "tokenizer/special_tokens_map.json": json.dumps(special, indent=2).encode(),
             "tokenizer/tokenizer_config.json": json.dumps(config, indent=2).encode()}
 

@@ -50,7 +50,6 @@ random ids.
 """
 import dataclasses
 import importlib.util
-import json
 import sys
 import tempfile
 import types
@@ -60,8 +59,8 @@ import ftfy
 import torch
 
 from clip import TextConfig, TextEncoder
-from clip.tokenizer import read_bpe_merges, vocabulary_from_merges
 from weights import fill_random_
+from weights.fakes import clip_vocab_files
 
 SEED = 0
 BOS, EOS = 49406, 49407
@@ -111,12 +110,9 @@ CORPUS = [
 # ----------------------------------------------------------------------------- references
 def write_vocab_files(folder: Path) -> tuple[Path, Path]:
     """vocab.json + merges.txt derived from the vendored BPE file, in the published format."""
-    merges = read_bpe_merges()
-    vocabulary = {token: i for i, token in enumerate(vocabulary_from_merges(merges))}
-    vocab_json, merges_txt = folder / "vocab.json", folder / "merges.txt"
-    vocab_json.write_text(json.dumps(vocabulary, ensure_ascii=False, sort_keys=True), encoding="utf-8")
-    merges_txt.write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges), encoding="utf-8")
-    return vocab_json, merges_txt
+    for name, content in clip_vocab_files().items():
+        (folder / name).write_bytes(content)
+    return folder / "vocab.json", folder / "merges.txt"
 
 
 def _transformers_tokenizer():
