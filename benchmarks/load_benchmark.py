@@ -99,49 +99,59 @@ def write_config_folder(folder: Path, spec) -> None:
     (folder / "model_index.json").write_text(json.dumps(index))
 
 
+def measure_loads(path: Path | None, dtype: str = "float16", repeat: int = 3) -> dict:
+    """{"ours": row, "diffusers": row}, each the medians over `repeat` fresh processes, alternating.
+
+    A row: seconds (load call), peak (peak RSS, MiB), load and touched (RSS the load adds, MiB), and
+    tokenizer_seconds (ours only; see the module docstring). `path` None writes a full-size fake
+    SD 1.5 fp16 single file first (about 20 s, 2.1 GB in the temp folder, removed afterwards).
+    """
+    sys.path.insert(0, str(ROOT))
+    from weights import presets
+
+    with tempfile.TemporaryDirectory(prefix="load_benchmark_") as scratch:
+        scratch = Path(scratch)
+        if path is None:
+            path = scratch / "v1-5-pruned-emaonly-fp16.safetensors"
+            print(f"writing a full-size fake SD 1.5 fp16 checkpoint to {path} ...", flush=True)
+            subprocess.run([sys.executable, "-c", WRITER.format(root=str(ROOT), path=str(path))], check=True)
+        write_config_folder(scratch / "config", presets.get("sd-1.5"))
+        with open(path, "rb") as f:                       # into the page cache, for both
+            while f.read(1 << 24):
+                pass
+        size = path.stat().st_size
+        runs = {"ours": [], "diffusers": []}
+        for _ in range(repeat):
+            for kind in runs:
+                runs[kind].append(run_child(kind, path, scratch / "config", dtype))
+    rows = {"file": path.name, "size_gb": size / 1e9}
+    for kind, results in runs.items():
+        def median(f):
+            return statistics.median(f(r) for r in results)
+        rows[kind] = dict(seconds=median(lambda r: r["seconds"]), peak=median(lambda r: r["load_peak"]) / 2**20,
+                          load=median(lambda r: r["load_peak"] - r["before"]) / 2**20,
+                          touched=median(lambda r: r["touched_peak"] - r["before"]) / 2**20,
+                          tokenizer_seconds=median(lambda r: r["tokenizer_seconds"]))
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--file", type=Path, help="an SD 1.5 single file; default: write a full-size fake one")
     parser.add_argument("--dtype", default="float16", choices=["float16", "float32"])
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
-    sys.path.insert(0, str(ROOT))
     import torch
-    from weights import fakes, presets
 
-    spec = presets.get("sd-1.5")
-    with tempfile.TemporaryDirectory(prefix="load_benchmark_") as scratch:
-        scratch = Path(scratch)
-        path = args.file
-        if path is None:
-            path = scratch / "v1-5-pruned-emaonly-fp16.safetensors"
-            print(f"writing a full-size fake SD 1.5 fp16 checkpoint to {path} ...", flush=True)
-            subprocess.run([sys.executable, "-c", WRITER.format(root=str(ROOT), path=str(path))], check=True)
-        write_config_folder(scratch / "config", spec)
-        with open(path, "rb") as f:                       # into the page cache, for both
-            while f.read(1 << 24):
-                pass
-        size = path.stat().st_size
-        results = {"ours": [], "diffusers": []}
-        for _ in range(args.repeat):
-            for kind in results:
-                results[kind].append(run_child(kind, path, scratch / "config", args.dtype))
-
-    print(f"\nfile: {path.name} ({size / 1e9:.2f} GB), dtype {args.dtype}, median of {args.repeat} runs, "
+    rows = measure_loads(args.file, args.dtype, args.repeat)
+    print(f"\nfile: {rows['file']}, dtype {args.dtype}, median of {args.repeat} runs, "
           f"{os.cpu_count()} CPUs, torch {torch.__version__}")
-    rows = {}
-    for kind, runs in results.items():
-        def median(f):
-            return statistics.median(f(r) for r in runs)
-        rows[kind] = dict(seconds=median(lambda r: r["seconds"]), peak=median(lambda r: r["load_peak"]) / 2**20,
-                          load=median(lambda r: r["load_peak"] - r["before"]) / 2**20,
-                          touched=median(lambda r: r["touched_peak"] - r["before"]) / 2**20)
     print(f"{'':12}{'load s':>10}{'peak RSS MiB':>15}{'load RSS MiB':>15}{'touched RSS MiB':>18}")
-    for kind, row in rows.items():
+    for kind in ("ours", "diffusers"):
+        row = rows[kind]
         print(f"{kind:12}{row['seconds']:>10.2f}{row['peak']:>15.0f}{row['load']:>15.0f}{row['touched']:>18.0f}")
-    tokenizer = statistics.median(r["tokenizer_seconds"] for r in results["ours"])
     print(f"\nof ours, building the CLIP tokenizer's tables (clip.Tokenizer, timed again after the load): "
-          f"{tokenizer:.2f} s")
+          f"{rows['ours']['tokenizer_seconds']:.2f} s")
     ratio = rows["ours"]["seconds"] / rows["diffusers"]["seconds"]
     print(f"time ratio ours/diffusers: {ratio:.2f} (goal <= 0.30); "
           f"load RSS ratio: {rows['ours']['load'] / rows['diffusers']['load']:.2f} (goal <= 1)")

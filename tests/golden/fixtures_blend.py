@@ -43,27 +43,41 @@ def diffusers_ddim(steps_offset: int):
     return scheduler
 
 
-def guided_noise(unet, latents, t, cond, uncond):
+def guided_noise(unet, latents, t, cond, uncond, guidance_scale=GUIDANCE):
     """The script's guidance: one call on [uncond; cond], ε_u + w·(ε_c − ε_u)."""
-    context = torch.cat([uncond.expand(BATCH, -1, -1), cond.expand(BATCH, -1, -1)])
+    batch = latents.shape[0]
+    context = torch.cat([uncond.expand(batch, -1, -1), cond.expand(batch, -1, -1)])
     noise_pred = unet(torch.cat([latents] * 2), t, context)
     noise_pred_uncond, noise_pred_text = noise_pred.chunk(2)
-    return noise_pred_uncond + GUIDANCE * (noise_pred_text - noise_pred_uncond)
+    return noise_pred_uncond + guidance_scale * (noise_pred_text - noise_pred_uncond)
+
+
+def run_official_loop(unet, z_init, mask, cond, uncond, generator, guidance_scale=GUIDANCE, start=START):
+    """The loop of scripts/text_editing_SD2.py on `unet` (ours, or diffusers' with `.sample` unwrapped).
+
+    Returns (z_0, the timesteps run). benchmarks/versus_diffusers.py times it on diffusers' UNet.
+    """
+    scheduler = diffusers_ddim(steps_offset=0)  # the script sets no steps_offset
+
+    def draw_noise():  # every draw from `generator`, shaped like z_init (the script: torch.randn_like)
+        return torch.randn(z_init.shape, generator=generator, device=z_init.device, dtype=z_init.dtype)
+
+    latents = draw_noise()
+    timesteps = scheduler.timesteps[int(len(scheduler.timesteps) * start):]
+    for t in timesteps:
+        noise_pred = guided_noise(unet, scheduler.scale_model_input(latents, t), t, cond, uncond, guidance_scale)
+        latents = scheduler.step(noise_pred, t, latents).prev_sample
+        noise = draw_noise()
+        noise_source_latents = scheduler.add_noise(z_init, noise, t)
+        latents = latents * mask + noise_source_latents * (1 - mask)
+    return latents, timesteps
 
 
 def official_loop() -> dict:
     values = inputs()
-    z_init, mask, cond, uncond = values["z_init"], values["mask"], values["cond"], values["uncond"]
-    unet, scheduler = tiny_unet(), diffusers_ddim(steps_offset=0)  # the script sets no steps_offset
     generator = torch.Generator().manual_seed(SEED)
-    latents = torch.randn(z_init.shape, generator=generator)
-    timesteps = scheduler.timesteps[int(len(scheduler.timesteps) * START):]
-    for t in timesteps:
-        noise_pred = guided_noise(unet, scheduler.scale_model_input(latents, t), t, cond, uncond)
-        latents = scheduler.step(noise_pred, t, latents).prev_sample
-        noise = torch.randn(latents.shape, generator=generator)
-        noise_source_latents = scheduler.add_noise(z_init, noise, t)
-        latents = latents * mask + noise_source_latents * (1 - mask)
+    latents, timesteps = run_official_loop(tiny_unet(), values["z_init"], values["mask"], values["cond"],
+                                           values["uncond"], generator)
     return dict(values, output=latents, seed=SEED, steps=STEPS, guidance_scale=GUIDANCE, start=START,
                 timesteps=[int(t) for t in timesteps])
 

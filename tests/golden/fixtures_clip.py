@@ -195,14 +195,15 @@ def _ours(config: TextConfig) -> TextEncoder:
     return fill_random_(TextEncoder(config), SEED).eval()
 
 
-def _clip_text_config(config: TextConfig, layers: int, projection_dim: int | None = None):
+def _clip_text_config(config: TextConfig, layers: int, projection_dim: int | None = None,
+                      attn_implementation: str = "eager"):
     from transformers import CLIPTextConfig
     return CLIPTextConfig(
         vocab_size=config.vocab_size, hidden_size=config.width, intermediate_size=4 * config.width,
         num_hidden_layers=layers, num_attention_heads=config.heads, max_position_embeddings=config.context_length,
         hidden_act=config.activation, layer_norm_eps=config.layer_norm_eps, attention_dropout=0.0,
         projection_dim=projection_dim or config.width, bos_token_id=BOS, eos_token_id=EOS, pad_token_id=1,
-        attn_implementation="eager")
+        attn_implementation=attn_implementation)
 
 
 def _strict_load(module, state_dict):
@@ -214,6 +215,14 @@ def _strip_text_model_prefix(state_dict):
     """Published `text_model.*` keys -> transformers 5's CLIPTextModel keys (it has no inner text_model)."""
     assert all(k.startswith("text_model.") for k in state_dict), "expected only text_model.* keys"
     return {k[len("text_model."):]: v for k, v in state_dict.items()}
+
+
+def reference_sd1_text_encoder(ours: TextEncoder, attn_implementation: str = "eager"):
+    """transformers' CLIPTextModel holding the weights of our SD 1 tower (the `text_model.*` keys)."""
+    from transformers import CLIPTextModel
+    towers = {k: v for k, v in ours.state_dict().items() if k.startswith("text_model.")}
+    config = _clip_text_config(ours.config, ours.config.layers, attn_implementation=attn_implementation)
+    return _strict_load(CLIPTextModel(config), _strip_text_model_prefix(towers))
 
 
 # ----------------------------------------------------------------------------- fixtures
@@ -261,9 +270,7 @@ def _sd1_fixture(config: TextConfig, projection_dim: int | None):
     ids = _ids_for_towers(PROMPTS if projection_dim else PROMPTS[:1], pad_id=EOS)   # fewer rows at full size
     ours = _ours(dataclasses.replace(config, projection_dim=projection_dim))
     state = ours.state_dict()
-    towers = {k: v for k, v in state.items() if k.startswith("text_model.")}
-    reference = _strict_load(CLIPTextModel(_clip_text_config(config, config.layers)), _strip_text_model_prefix(towers))
-    out = reference(input_ids=ids)
+    out = reference_sd1_text_encoder(ours)(input_ids=ids)
     values = {"config": dataclasses.asdict(config), "seed": SEED, "ids": ids,
               "context": out.last_hidden_state, "pooled": out.pooler_output}
     if projection_dim is not None:
