@@ -9,7 +9,7 @@ TORCH_VERSION ?= 2.13.0
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 
-.PHONY: demo test setup setup-test torch fixtures clean
+.PHONY: demo test setup setup-test torch fixtures benchmark clean
 
 demo: setup
 	$(PY) -m blend --model toy
@@ -42,6 +42,10 @@ setup-test: torch
 
 fixtures: setup-test
 	$(PY) tests/golden/make_fixtures.py
+
+# Ours against diffusers/transformers on the same weights (README "Performance"); about 10 minutes on 2 cores.
+benchmark: setup-test
+	$(PY) benchmarks/versus_diffusers.py
 
 clean:
 	rm -rf $(VENV) *.egg-info
