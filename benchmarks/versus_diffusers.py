@@ -105,11 +105,9 @@ def compare(name: str, ours, reference, device: torch.device, repeat: int, warmu
 # --- the two sides --------------------------------------------------------------------------------
 
 def build(cls, config, dtype, device):
-    """cls(config) with `fill_random_` weights of seed 0, built on the meta device to skip the default init."""
-    from weights import fill_random_
-    with torch.device("meta"):
-        model = cls(config)
-    return fill_random_(model.to_empty(device="cpu"), seed=0).to(device=device, dtype=dtype).eval()
+    """cls(config) with the `fill_random_` weights of seed 0 (as the golden fixtures build it), on device."""
+    from fixtures_ldm import random_model
+    return random_model(cls, config, seed=0).to(device=device, dtype=dtype)
 
 
 def unet_pair(args, spec, device, dtype) -> tuple:
