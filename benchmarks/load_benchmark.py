@@ -42,10 +42,8 @@ else:
     from diffusers import StableDiffusionPipeline
     from diffusers.utils import logging
     logging.set_verbosity_error(); logging.disable_progress_bar()
-def status(field):                      # kB -> bytes; VmHWM is this process's own peak (ru_maxrss is not:
-    for line in open("/proc/self/status"):  # after fork + exec it starts from the parent's peak)
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) * 1024
+sys.path.insert(0, {benchmarks!r})
+from load_benchmark import status_bytes as status
 before = status("VmRSS")
 start = time.perf_counter()
 if kind == "ours":
@@ -71,6 +69,17 @@ print(json.dumps(dict(seconds=seconds, before=before, load_peak=load_peak, touch
 """
 
 
+def status_bytes(field: str) -> int:
+    """A memory field of /proc/self/status (VmRSS, VmHWM, ...) in bytes (Linux).
+
+    VmHWM is this process's own peak; ru_maxrss is not (after fork + exec it starts from the parent's peak).
+    """
+    for line in open("/proc/self/status"):
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
 WRITER = r"""
 import sys, torch
 sys.path.insert(0, {root!r})
@@ -80,7 +89,8 @@ fakes.write_single_file({path!r}, presets.get("sd-1.5"), dtype=torch.float16, em
 
 
 def run_child(kind: str, path: Path, config: Path, dtype: str) -> dict:
-    code = CHILD.format(root=str(ROOT), kind=kind, path=str(path), config=str(config), dtype=dtype)
+    code = CHILD.format(root=str(ROOT), benchmarks=str(ROOT / "benchmarks"), kind=kind, path=str(path),
+                        config=str(config), dtype=dtype)
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     if result.returncode:

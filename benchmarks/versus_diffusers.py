@@ -40,20 +40,16 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "tests" / "golden"), str(ROOT / "benchmarks")]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "tests" / "golden"), str(ROOT / "benchmarks")]
+
+from conftest import max_relative_error  # noqa: E402  (the parity tests' figure: max|a − e| / max|e|)
+from load_benchmark import status_bytes  # noqa: E402
 
 CASES = ("unet32", "unet64", "vae_encode", "vae_decode", "text", "edit", "load")
 TARGETS = {"unet32": 0.85, "unet64": 0.85, "vae_decode": 0.9}    # CPU time ratios asked for in issue 8
 
 
 # --- measuring ------------------------------------------------------------------------------------
-
-def _status_bytes(field: str) -> int:
-    for line in open("/proc/self/status"):
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError(f"no {field} in /proc/self/status")
-
 
 def measure(fn, device: torch.device) -> tuple:
     """(seconds, peak bytes, output) of one call of fn(); see the module docstring for the memory."""
@@ -63,18 +59,14 @@ def measure(fn, device: torch.device) -> tuple:
     else:
         with open("/proc/self/clear_refs", "w") as f:   # "5": reset this process's peak RSS to its RSS
             f.write("5")
-        before = _status_bytes("VmRSS")
+        before = status_bytes("VmRSS")
     start = time.perf_counter()
     output = fn()
     if device.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
-    peak = torch.cuda.max_memory_allocated() if device.type == "cuda" else _status_bytes("VmHWM") - before
+    peak = torch.cuda.max_memory_allocated() if device.type == "cuda" else status_bytes("VmHWM") - before
     return seconds, peak, output
-
-
-def relative_difference(ours: torch.Tensor, reference: torch.Tensor) -> float:
-    return float((ours.float() - reference.float()).abs().max() / reference.float().abs().max())
 
 
 def compare(name: str, ours, reference, device: torch.device, repeat: int, warmup: bool) -> dict:
@@ -95,7 +87,7 @@ def compare(name: str, ours, reference, device: torch.device, repeat: int, warmu
         row[f"{side}_peak_mib"] = statistics.median(peaks[side]) / 2**20
         row[f"{side}_times"] = times[side]
     row["ratio"] = row["ours_s"] / row["reference_s"]
-    row["max_rel_diff"] = relative_difference(outputs["ours"], outputs["reference"])
+    row["max_rel_diff"] = max_relative_error(outputs["ours"], outputs["reference"])
     print(f"  {name}: ours {row['ours_s']:.3f} s, reference {row['reference_s']:.3f} s, ratio {row['ratio']:.2f}, "
           f"peak {row['ours_peak_mib']:.0f} / {row['reference_peak_mib']:.0f} MiB, "
           f"outputs differ by {row['max_rel_diff']:.1e}", flush=True)

@@ -221,7 +221,7 @@ class UNetModel(nn.Module):
         emb = self.time_embed(timestep_embedding(timesteps.to(x.device), self.config.model_channels).to(dtype))
 
         skips = []
-        h = x.contiguous(memory_format=torch.channels_last)    # NHWC strides: see `channels_last` below
+        h = x.contiguous(memory_format=torch.channels_last)    # NHWC strides: see the module docstring
         for block in self.input_blocks:                         # (B, C, H, W) -> … -> (B, 4C, H/8, W/8) for SD
             h = block(h, emb, context)
             skips.append(h)
