@@ -30,6 +30,7 @@ from samplers import DDIMSampler
 
 from .algorithm import blended_latent_diffusion
 from .masks import resize_mask, threshold_mask
+from .options import option_problem, warn_if_large
 from .rank import rank as rank_by_clip
 from .reconstruction import MODES, finetune_decoder, optimise_latent, paste_background
 from .toy_model import load_toy
@@ -41,16 +42,19 @@ class EditInputError(ValueError):
     """A bad image, mask or option: the message says what was expected, what was found, what to do."""
 
 
-def load_model(model="sd-2.1-base", *, dtype=None, device="cpu"):
-    """Components (.unet .vae .text_encoder .tokenizer .spec): "toy", a `weights.load` source, or loaded ones."""
-    if not isinstance(model, str):
+def load_model(model="sd-2.1-base", *, dtype=None, device="cpu", allow_pickle: bool = False):
+    """Components (.unet .vae .text_encoder .tokenizer .spec): "toy", a `weights.load` source, or loaded ones.
+
+    allow_pickle: read a .ckpt/.pt/.bin checkpoint with torch.load(weights_only=True) instead of refusing it.
+    """
+    if not isinstance(model, (str, Path)):
         return model  # already loaded
     if model == "toy":
         toy = load_toy()
         toy.unet.to(device)
         return toy
     import weights  # only the real models need the checkpoint loader
-    return weights.load(model, dtype=dtype, device=device)
+    return weights.load(model, dtype=dtype, device=device, allow_pickle=allow_pickle)
 
 
 def read_image(image) -> Image.Image:
@@ -122,10 +126,12 @@ def edit(image, mask, prompt: str, *, model="sd-2.1-base", steps: int = 50, guid
     with `info["sample"]` (its index before ranking) and `info["clip_distance"]`.
     Same seed, same output on the same device.
     """
-    if reconstruction not in MODES:
-        raise EditInputError(f"reconstruction must be one of {MODES}, got {reconstruction!r}")
-    if num_samples < 1 or steps < 1:
-        raise EditInputError(f"steps and num_samples must be at least 1, got {steps} and {num_samples}")
+    problem = option_problem(steps=steps, start=start, guidance_scale=guidance_scale, num_samples=num_samples,
+                             seed=seed, size=size, device=device, variant=variant, reconstruction=reconstruction,
+                             model=model, rank=rank)
+    if problem:  # before any model is loaded (blend/options.py has the ranges)
+        raise EditInputError(problem)
+    warn_if_large(size)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     source = read_image(image)
     pixel_mask = read_mask(mask, source.size)

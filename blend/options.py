@@ -1,0 +1,175 @@
+"""The editor's options and their valid ranges, checked before any model is loaded.
+
+`option_problem(...)` returns the first problem as one sentence (what was expected, what was
+found, what to do), or None. `edit()` raises it as an EditInputError; `python -m blend` prints it
+and exits with status 2. The ranges:
+
+    steps            1 … 999 with SD's timestep offset 1 (the paper variant), 1 … 1000 with offset 0
+                     (--variant official): "leading" timesteps i·(1000 // S) + offset must stay below
+                     T = 1000 (samplers.ddim_timesteps decides)
+    start            finite, in [0, 1), and int(steps · start) < steps, so that at least one step runs
+    guidance_scale   any finite number (None: the model's default)
+    num_samples      1 or more
+    seed             0 … 2**64 − 1, what torch.Generator.manual_seed takes. Negative seeds are refused:
+                     torch maps −n to 2**64 − n, so −1 would silently be the same run as 2**64 − 1
+    size             at least what each side must divide by: 64 for SD (8 in the autoencoder, 8 in
+                     the UNet; assumed for a checkpoint path), 16 for tiny, 1 for the toy. Above
+                     LARGE_SIZE it only warns (memory and time grow quickly past the training size)
+    device           cpu, cuda, cuda:N (N below the number of GPUs), mps or xpu, and available here
+    model            "toy", a preset name, or an existing file or folder (a missing one is not
+                     looked for on the Hub: only preset names are)
+    rank             a CLIP name (ViT-B/16, ViT-L/14, tiny) or an existing file
+
+What needs the network (is a preset's Hub repository reachable, are the files cached?) or the
+weights (does the file hold a model?) is left to the loader.
+"""
+import math
+import numbers
+import warnings
+from pathlib import Path
+
+import torch
+
+from clip import CLIP_NAMES
+from samplers import ddim_timesteps
+
+from .reconstruction import MODES
+
+NUM_TRAIN_TIMESTEPS = 1000      # every model here: SD 1.x/2.x, tiny and the toy
+PUBLISHED_STEPS_OFFSET = 1      # the published SD scheduler configs; the official SD2 script uses 0
+CHECKPOINT_SIZE_MULTIPLE = 64   # SD 1.x/2.x: the autoencoder divides by 8, then the UNet by 8
+LARGE_SIZE = 2048
+DEVICE_TYPES = ("cpu", "cuda", "mps", "xpu")
+VARIANTS = ("paper", "official")
+CLI_FLAGS = {"num_samples": "--samples", "guidance_scale": "--guidance"}
+
+
+def option_problem(*, steps=50, start=0.25, guidance_scale=None, num_samples=1, seed=42, size=None, device=None,
+                   variant="paper", reconstruction="none", model="toy", rank=None, cli=False) -> str | None:
+    """The first option out of its range, as one sentence naming the option as the caller spelled it."""
+    def named(option: str, value) -> str:  # "--steps 1001" for the CLI, "steps=1001" for Python
+        if cli:
+            return f"{CLI_FLAGS.get(option, '--' + option.replace('_', '-'))} {value}"
+        return f"{option}={value!r}"
+
+    if variant not in VARIANTS:
+        return f"{named('variant', variant)}: expected one of {', '.join(VARIANTS)}"
+    if reconstruction not in MODES:
+        return f"{named('reconstruction', reconstruction)}: reconstruction must be one of {MODES}"
+    for option, value, low in (("steps", steps, 1), ("num_samples", num_samples, 1), ("seed", seed, 0)):
+        if not _is_integer(value):
+            return f"{named(option, value)}: expected a whole number"
+        if value < low:
+            return f"{named(option, value)}: expected at least {low}" + (
+                f" (torch would silently run seed {value} as 2**64 - {-value}); use a seed in 0 … 2**64 - 1"
+                if option == "seed" else "")
+    if seed > 2**64 - 1:
+        return (f"{named('seed', seed)}: expected at most 2**64 - 1 = {2**64 - 1}, the largest seed "
+                f"torch.Generator takes")
+    offset = 0 if variant == "official" else _steps_offset(model)
+    try:
+        ddim_timesteps(NUM_TRAIN_TIMESTEPS, steps, "leading", offset)
+    except ValueError as error:
+        allowed = NUM_TRAIN_TIMESTEPS - (1 if offset else 0)
+        official = "--variant official" if cli else "variant='official'"
+        return (f"{named('steps', steps)}: expected 1 … {allowed} steps with timestep offset {offset} ({error})"
+                + (f"; {official} (offset 0) allows {NUM_TRAIN_TIMESTEPS}" if offset else ""))
+    if not _is_real(start) or not math.isfinite(start) or not 0 <= start < 1:
+        return (f"{named('start', start)}: expected the fraction of the {steps} steps to skip, a number in "
+                f"[0, 1) (0.25 skips a quarter)")
+    if int(steps * start) >= steps:
+        return (f"{named('start', start)}: skips int({steps} · {start}) = {int(steps * start)} of the {steps} "
+                f"steps, leaving none to run; use a smaller start")
+    if guidance_scale is not None and (not _is_real(guidance_scale) or not math.isfinite(guidance_scale)):
+        return (f"{named('guidance_scale', guidance_scale)}: expected a finite number (7.5 is the official "
+                f"scale, 1 means no guidance); a non-finite scale turns every latent into NaN")
+    if size is not None:
+        multiple = size_multiple_of(model)
+        if not _is_integer(size) or size < max(multiple, 1):
+            return (f"{named('size', size)}: expected a whole number of pixels of at least {multiple} "
+                    f"(the sides of the {model if isinstance(model, str) else 'given'} model's working image are "
+                    f"multiples of {multiple}); leave it out for the model's own size")
+    problem = device_problem(device, instead="--device cpu" if cli else "device='cpu'")
+    if problem:
+        return f"{named('device', device)}: {problem}"
+    if isinstance(model, (str, Path)) and not _is_known_model(model):
+        from weights import presets
+        return (f"{named('model', model)}: neither a model name (toy, {', '.join(presets.NAMES)}) nor an "
+                f"existing file or folder (looked for {Path(model).expanduser().resolve()}); give one of those "
+                f"names, a .safetensors file or a diffusers folder")
+    if rank is not None and not (isinstance(rank, str) and rank in CLIP_NAMES) and not Path(rank).expanduser().is_file():
+        return (f"{named('rank', rank)}: neither a CLIP model name ({', '.join(CLIP_NAMES)}) nor an existing "
+                f"file (looked for {Path(rank).expanduser().resolve()}); give one of those names or a "
+                f"transformers CLIPModel model.safetensors")
+    return None
+
+
+def device_problem(device, instead: str = "device='cpu'") -> str | None:
+    """Why `device` cannot run the edit on this machine, or None (None also for device=None: the default)."""
+    if device is None:
+        return None
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        return f"not a device name; expected {', '.join(DEVICE_TYPES)} or cuda:N"
+    if parsed.type not in DEVICE_TYPES:
+        return f"a {parsed.type!r} device cannot run the edit; use {', '.join(DEVICE_TYPES)} or cuda:N"
+    if parsed.type == "cpu":
+        return None
+    if parsed.type == "mps":
+        available, count = torch.backends.mps.is_available(), 1
+    else:
+        backend = getattr(torch, parsed.type)
+        available = backend.is_available()
+        count = backend.device_count() if available else 0
+    name = {"cuda": "CUDA", "mps": "MPS (Apple GPU)", "xpu": "XPU"}[parsed.type]
+    if not available:
+        return f"{name} is not available on this machine (torch {torch.__version__}); use {instead}"
+    if parsed.index is not None and parsed.index >= count:
+        return (f"this machine has {count} {name} device(s) ({parsed.type}:0 … {parsed.type}:{count - 1}); "
+                f"use one of those")
+    return None
+
+
+def warn_if_large(size) -> None:
+    if size is not None and size > LARGE_SIZE:
+        warnings.warn(f"size {size} is above {LARGE_SIZE} pixels: memory and time grow quickly with the working "
+                      f"size, and SD was trained at 512 or 768", stacklevel=3)
+
+
+def size_multiple_of(model) -> int:
+    """What each side of the working image must divide by, from the model's name (see the module docstring)."""
+    if not isinstance(model, (str, Path)):
+        from .editor import size_multiple
+        return size_multiple(model)
+    if model == "toy":
+        return 1
+    from weights import presets
+    if model in presets.NAMES:
+        spec = presets.get(model)
+        return 2 ** (len(spec.vae.ch_mult) - 1) * spec.unet.downsampling_factor
+    return CHECKPOINT_SIZE_MULTIPLE
+
+
+def _steps_offset(model) -> int:
+    spec = getattr(model, "spec", None)
+    if spec is None and model == "toy":
+        from .toy_model import ToySpec
+        spec = ToySpec()
+    elif spec is None and isinstance(model, str):
+        from weights import presets
+        spec = presets.get(model) if model in presets.NAMES else None
+    return getattr(spec, "steps_offset", PUBLISHED_STEPS_OFFSET)
+
+
+def _is_known_model(model) -> bool:
+    from weights import presets
+    return model == "toy" or (isinstance(model, str) and model in presets.NAMES) or Path(model).expanduser().exists()
+
+
+def _is_integer(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_real(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
