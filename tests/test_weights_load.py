@@ -392,3 +392,32 @@ def test_key_table_round_trips_every_full_size_key(name):
         assert len(theirs) == len(ours)
         back = forward(theirs, config)
         assert {k: tuple(v.shape) for k, v in back.items()} == {k: tuple(v.shape) for k, v in ours.items()}
+
+
+def test_convert_checkpoint_never_overwrites_an_existing_safetensors(tmp_path):
+    path = _write_ckpt(tmp_path)
+    existing = tmp_path / "model.safetensors"
+    existing.write_bytes(b"mine")
+    with pytest.raises(FileExistsError, match=r"model\.safetensors already exists.*another target"):
+        weights.convert_checkpoint(path)
+    assert existing.read_bytes() == b"mine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.ckpt", "model.safetensors", "src.safetensors"]
+    other = weights.convert_checkpoint(path, tmp_path / "other.safetensors")    # what the message says to do
+    assert_same_outputs(weights.load(other), source_modules(TINY), TINY.build_tokenizer())
+
+
+def test_convert_checkpoint_interrupted_mid_write_leaves_no_partial_target(tmp_path, monkeypatch):
+    import safetensors.torch
+    path = _write_ckpt(tmp_path)
+    real_save_file = safetensors.torch.save_file
+
+    def interrupted(tensors, filename, *args, **kwargs):
+        Path(filename).write_bytes(b"\0" * 1000)       # the first bytes of a file, then Ctrl-C
+        raise KeyboardInterrupt
+    monkeypatch.setattr(safetensors.torch, "save_file", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        weights.convert_checkpoint(path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.ckpt", "src.safetensors"]
+    monkeypatch.setattr(safetensors.torch, "save_file", real_save_file)
+    converted = weights.convert_checkpoint(path)                                   # the retry just works
+    assert_same_outputs(weights.load(converted), source_modules(TINY), TINY.build_tokenizer())

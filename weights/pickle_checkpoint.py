@@ -7,6 +7,11 @@ containers and raises on anything else. Many Lightning `.ckpt` files also store
 training objects (callbacks, optimizer state), which that unpickler rejects: use the
 `.safetensors` file published beside them, or convert them where you trust the file.
 """
+import json
+import os
+import shlex
+import shutil
+import tempfile
 from pathlib import Path
 
 import torch
@@ -16,15 +21,29 @@ from .errors import PickleRefusedError
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 
 
+def conversion_command(path: Path, python: str = "python") -> str:
+    """The shell command that converts `path` once, quoted so that any file name survives copying."""
+    code = f"from weights import convert_checkpoint; convert_checkpoint({json.dumps(str(path))})"
+    return f"{python} -c {shlex.quote(code)}"
+
+
 def refusal(path: Path) -> PickleRefusedError:
     target = path.with_suffix(".safetensors")
-    return PickleRefusedError(
+    error = PickleRefusedError(
         f"{path}: a pickle checkpoint, which can run code when loaded, so it is refused by default. Either\n"
         f"  - use the .safetensors file published beside it (the SD 1.5 and 2.1 repositories have one), or\n"
-        f"  - convert it once (tensors only; nothing in the file is executed):\n"
-        f"      python -c \"from weights import convert_checkpoint; convert_checkpoint('{path}')\"\n"
-        f"    which writes {target}, then load that; or\n"
+        f"  - convert it once (tensors only; nothing in the file is executed), where the weights package is\n"
+        f"    importable (this repository's folder):\n"
+        f"      {conversion_command(path)}\n"
+        f"    which writes {target} (never over an existing file), then load that; or\n"
         f"  - pass allow_pickle=True to read it with torch.load(weights_only=True).")
+    error.path = path  # so that a caller (the CLI) can word the ways on with its own flags
+    return error
+
+
+def is_pickle_checkpoint(path: Path) -> bool:
+    """Whether `weights.load(path)` would refuse it as a pickle unless allow_pickle=True."""
+    return path.is_file() and path.suffix in PICKLE_SUFFIXES
 
 
 def read_pickle(path: Path) -> dict[str, torch.Tensor]:
@@ -48,16 +67,54 @@ def read_pickle(path: Path) -> dict[str, torch.Tensor]:
 
 
 def convert_checkpoint(source: str | Path, target: str | Path | None = None) -> Path:
-    """Write the tensors of pickle checkpoint `source` to a .safetensors file (default: same name) and return it."""
+    """Write the tensors of pickle checkpoint `source` to a .safetensors file (default: same name) and return it.
+
+    It never overwrites: an existing target is a FileExistsError. The file is written to a temporary
+    file in the target's folder and then linked to its name (which fails if the name was taken
+    meanwhile), so an interrupted conversion leaves no partial target.
+    """
     from safetensors.torch import save_file
 
     source = Path(source)
     target = Path(target) if target is not None else source.with_suffix(".safetensors")
+    if target.exists() or target.is_symlink():
+        raise _exists(source, target)
     tensors, seen = {}, set()
     for key, value in read_pickle(source).items():
         storage = value.untyped_storage().data_ptr()
         # safetensors stores each tensor on its own: copy only those that share memory with another.
         tensors[key] = value.clone() if storage in seen else value.contiguous()
         seen.add(storage)
-    save_file(tensors, str(target))
+    handle, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent)
+    os.close(handle)
+    try:
+        save_file(tensors, temporary)
+        _link_without_overwriting(Path(temporary), target, source)
+    finally:
+        Path(temporary).unlink(missing_ok=True)
     return target
+
+
+def _link_without_overwriting(temporary: Path, target: Path, source: Path) -> None:
+    """Give the finished file its name; never replace a file that took the name meanwhile."""
+    try:
+        os.link(temporary, target)                      # atomic, and fails if target exists
+    except FileExistsError:
+        raise _exists(source, target) from None
+    except OSError:                                     # a file system without hard links: copy exclusively
+        try:
+            with open(target, "xb") as written, open(temporary, "rb") as finished:
+                shutil.copyfileobj(finished, written)
+        except FileExistsError:
+            raise _exists(source, target) from None
+        except BaseException:
+            target.unlink(missing_ok=True)
+            raise
+
+
+def _exists(source: Path, target: Path) -> FileExistsError:
+    other = target.with_name(f"{target.stem}-converted{target.suffix}")
+    return FileExistsError(
+        f"{target} already exists and convert_checkpoint never overwrites a file: load that file if it is the "
+        f"converted {source.name}, or pass another target, e.g. convert_checkpoint({str(source)!r}, "
+        f"{str(other)!r})")
