@@ -5,6 +5,8 @@
     reconstruction.py  background reconstruction (§4.2): decoder fine-tuning, latent optimisation, paste
     toy_model.py       an exact toy model (posterior mean of a dozen photographs) for offline runs
     rank.py            ranking of the results by CLIP distance of the edited region to the prompt (§4.4)
+    images.py          photographs and masks in (EXIF orientation, modes, bit depths, alpha), PIL <-> tensors
+    errors.py          EditInputError: a bad image, mask or option
     editor.py          edit(image, mask, prompt, ...) -> PIL images
     cli.py             python -m blend
 """

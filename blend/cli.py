@@ -17,7 +17,8 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from .editor import EditInputError, edit, load_model, read_image, read_mask
+from .editor import EditInputError, edit, load_model
+from .images import mask_to_image, read_image, read_mask
 from .reconstruction import MODES
 from weights import load_clip
 
@@ -159,8 +160,7 @@ def slug(text: str) -> str:
 
 def grid(image: Image.Image, mask, results: list, height: int = 512) -> Image.Image:
     """One row: input | mask | results, each scaled to `height` (at most the image's own)."""
-    mask_image = Image.fromarray((mask * 255).astype("uint8")).convert("RGB")
-    tiles = [image, mask_image, *results]
+    tiles = [image, mask_to_image(mask), *results]
     height = min(height, image.height)
     width = round(image.width * height / image.height)
     row = Image.new("RGB", (len(tiles) * width, height), "white")

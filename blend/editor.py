@@ -10,25 +10,27 @@ It runs Algorithm 1 end to end (see blend.algorithm for the lines it does not do
   3–8     blended_latent_diffusion, on num_samples copies of z_init
   line 9  x̂ = D(z_0 / scale_factor), then the optional background reconstruction of §4.2
 
-Input rules: the image may be any Pillow mode (converted to RGB). The mask is an image or an array,
-white / 1 = edit, thresholded at 0.5. A mask of another size than the image is resized to it (nearest)
-with a warning. An empty mask is an error (nothing to edit); a full mask is allowed (then the whole
-image is generated from the noised source). The model works at a "working size": the image scaled so
+Input rules: the image and the mask are read by blend.images (display orientation from EXIF, every
+Pillow mode and bit depth, masks in the alpha channel or as 0/1 labels; white / 1 = edit, thresholded
+at 0.5). A mask of another size than the image is resized to it (nearest) with a warning. An empty
+mask is an error (nothing to edit); a full mask is allowed (then the whole image is generated from the
+noised source). The model works at a "working size": the image scaled so
 that its long side is about `size` (default: the model's training resolution), each side a multiple of
 what the networks divide by (64 for SD: 8 in the autoencoder, 8 in the UNet); results are resized back
 to the image's own size.
 """
 import copy
-import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from samplers import DDIMSampler
 
 from .algorithm import blended_latent_diffusion
+from .errors import EditInputError
+from .images import image_to_tensor, read_image, read_mask, tensor_to_image
 from .masks import resize_mask, threshold_mask
 from .options import option_problem, warn_if_large
 from .rank import rank as rank_by_clip
@@ -36,10 +38,6 @@ from .reconstruction import MODES, finetune_decoder, optimise_latent, paste_back
 from .toy_model import load_toy
 
 OFFICIAL_GUIDANCE_SCALE = 7.5
-
-
-class EditInputError(ValueError):
-    """A bad image, mask or option: the message says what was expected, what was found, what to do."""
 
 
 def load_model(model="sd-2.1-base", *, dtype=None, device="cpu", allow_pickle: bool = False):
@@ -55,42 +53,6 @@ def load_model(model="sd-2.1-base", *, dtype=None, device="cpu", allow_pickle: b
         return toy
     import weights  # only the real models need the checkpoint loader
     return weights.load(model, dtype=dtype, device=device, allow_pickle=allow_pickle)
-
-
-def read_image(image) -> Image.Image:
-    """A PIL image or a path → an RGB PIL image (other modes converted)."""
-    if isinstance(image, (str, Path)):
-        image = _open(image, "image")
-    if not isinstance(image, Image.Image):
-        raise EditInputError(f"the image must be a PIL image or a path, got {type(image).__name__}")
-    return image.convert("RGB")
-
-
-def read_mask(mask, image_size: tuple) -> np.ndarray:
-    """A mask image, path or array → a (H, W) float array of 0/1 at image_size = (W, H); 1 = edit.
-
-    Images are read as grey levels / 255; arrays with values above 1 are taken as 0–255.
-    Soft masks are thresholded at 0.5 (the official script's rule).
-    """
-    if isinstance(mask, (str, Path)):
-        mask = _open(mask, "mask")
-    if isinstance(mask, Image.Image):
-        values = np.asarray(mask.convert("L"), dtype=np.float32) / 255
-    else:
-        values = np.asarray(mask.detach().cpu() if isinstance(mask, torch.Tensor) else mask, dtype=np.float32)
-        values = values.squeeze()
-        if values.ndim != 2:
-            raise EditInputError(f"a mask array must be 2-D (H, W), got shape {np.shape(mask)}")
-        values = values / 255 if values.max() > 1 else values
-    binary = (values >= 0.5).astype(np.float32)
-    if binary.shape[::-1] != tuple(image_size):
-        warnings.warn(f"the mask is {binary.shape[1]}x{binary.shape[0]} but the image is {image_size[0]}x"
-                      f"{image_size[1]}; resizing the mask to the image (nearest neighbour)", stacklevel=2)
-        binary = np.array(Image.fromarray(binary).resize(tuple(image_size), Image.NEAREST))
-    if not binary.any():
-        raise EditInputError("the mask is empty: nothing to edit. Paint the region to change white (1) "
-                             "and the background to keep black (0).")
-    return binary
 
 
 def working_size(image_size: tuple, long_side: int, multiple: int = 64) -> tuple:
@@ -146,7 +108,7 @@ def edit(image, mask, prompt: str, *, model="sd-2.1-base", steps: int = 50, guid
 
     # The working size and the tensors: x in [−1, 1], (1, 3, H, W); the pixel mask (1, 1, H, W).
     size_wh = working_size(source.size, size or spec.image_size, size_multiple(components))
-    x = _to_tensor(source.resize(size_wh, Image.LANCZOS)).to(device)
+    x = image_to_tensor(source.resize(size_wh, Image.LANCZOS)).to(device)
     m_pixel = torch.from_numpy(np.array(Image.fromarray(pixel_mask).resize(size_wh, Image.NEAREST)))
     m_pixel = threshold_mask(m_pixel[None, None]).to(device)
 
@@ -169,11 +131,12 @@ def edit(image, mask, prompt: str, *, model="sd-2.1-base", steps: int = 50, guid
     elif reconstruction == "latent":
         edited = optimise_latent(components.vae, z, edited, x.to(edited.dtype), m_pixel.to(edited.dtype))
 
-    results = [_to_image(row).resize(source.size, Image.LANCZOS) if size_wh != source.size else _to_image(row)
-               for row in edited]
+    results = [tensor_to_image(row) for row in edited]
+    if size_wh != source.size:
+        results = [result.resize(source.size, Image.LANCZOS) for result in results]
     if reconstruction == "pixel":  # at the image's own size, so that the background is the source's pixels
-        original_mask = torch.from_numpy(pixel_mask)[None, None]
-        results = [_to_image(paste_background(_to_tensor(result), _to_tensor(source), original_mask)[0])
+        original_mask, source_pixels = torch.from_numpy(pixel_mask)[None, None], image_to_tensor(source)
+        results = [tensor_to_image(paste_background(image_to_tensor(result), source_pixels, original_mask)[0])
                    for result in results]
     if rank is not None or ranker is not None:  # §4.4: best first
         order, scores = rank_by_clip(results, prompt, pixel_mask, model=rank or "ViT-B/16", ranker=ranker)
@@ -181,29 +144,6 @@ def edit(image, mask, prompt: str, *, model="sd-2.1-base", steps: int = 50, guid
         for result, sample, score in zip(results, order, scores):
             result.info.update(sample=sample, clip_distance=score)
     return results
-
-
-def _open(path, what: str) -> Image.Image:
-    path = Path(path)
-    if not path.is_file():
-        raise EditInputError(f"{what} file not found: {path}")
-    try:
-        with Image.open(path) as opened:
-            opened.load()
-            return opened.copy()
-    except (UnidentifiedImageError, OSError) as error:
-        raise EditInputError(f"cannot read the {what} file {path} as an image: {error}") from None
-
-
-def _to_tensor(image: Image.Image) -> torch.Tensor:
-    """RGB PIL image → (1, 3, H, W) float32 in [−1, 1]."""
-    return torch.from_numpy(np.array(image, dtype=np.float32) / 127.5 - 1).permute(2, 0, 1)[None]
-
-
-def _to_image(x: torch.Tensor) -> Image.Image:
-    """(3, H, W) in [−1, 1] → RGB PIL image (clamped, rounded)."""
-    array = ((x.float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
-    return Image.fromarray(array)
 
 
 def _encode_prompts(components, prompts: list, device) -> list:

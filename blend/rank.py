@@ -11,25 +11,26 @@ the official code does. The official code resizes the masked result straight to 
 (bilinear); we prepare it as CLIP was trained (clip/preprocess.py: shortest side to 224,
 bicubic, centre crop), which is the same crop for square images. Its ranker is ViT-B/16.
 """
-import numpy as np
 import torch
 from PIL import Image
 
 from clip import cosine_distance
+
+from .images import images_to_tensor, read_mask
 
 
 def rank(images, prompt: str, mask, model: str = "ViT-B/16", *, ranker=None) -> tuple[list[int], list[float]]:
     """Order `images` by the CLIP distance of their masked region to `prompt`, best (lowest) first.
 
     images: a list of PIL images, or an (N, 3, H, W) tensor in [−1, 1].
-    mask: a PIL image, array or tensor at the images' size (another size is resized, nearest), 1 = edited.
+    mask: a path, PIL image, array or tensor at the images' size (another size is resized, nearest), 1 = edited,
+        read by blend.images.read_mask.
     model: "ViT-B/16" (default, the official code's), "ViT-L/14", "tiny" (random weights, for tests), or
         a local model.safetensors of either; loaded by weights.clip_ranker.load_clip. Unused when
         `ranker`, an already built clip.CLIPModel, is given.
     Returns (order, scores): order[k] is the index in `images` of the k-th best result and
     scores[k] its distance 1 − cos, so scores ascend. Equal scores keep the input order.
     """
-    from .editor import read_mask   # here, not at the top: the editor imports this module to rank its results
     pixels = as_batch(images)                                                    # (N, 3, H, W)
     pixel_mask = torch.from_numpy(read_mask(mask, (pixels.shape[-1], pixels.shape[-2])))  # (H, W) of 0/1
     masked = masked_result(pixels, pixel_mask)
@@ -59,5 +60,4 @@ def as_batch(images) -> torch.Tensor:
         raise ValueError("expected a non-empty list of PIL images or an (N, 3, H, W) tensor")
     if len({image.size for image in images}) != 1:
         raise ValueError(f"all images must have one size to share the mask; got {sorted({i.size for i in images})}")
-    arrays = np.stack([np.asarray(image.convert("RGB"), dtype=np.float32) for image in images])  # (N, H, W, 3)
-    return torch.from_numpy(arrays / 127.5 - 1).permute(0, 3, 1, 2)
+    return images_to_tensor(images)

@@ -30,12 +30,12 @@ from dataclasses import dataclass
 from pathlib import Path
 import re
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
 from samplers import NoiseSchedule
+
+from .images import images_to_tensor, read_image
 
 TOY_DATA = Path(__file__).resolve().parent / "assets" / "toy"
 
@@ -46,8 +46,7 @@ def load_toy_images(folder: Path = TOY_DATA):
     if not paths:
         raise FileNotFoundError(f"no toy data set images (<class>_<n>.png) in {folder}")
     class_names = sorted({path.stem.rsplit("_", 1)[0] for path in paths})
-    images = [np.asarray(Image.open(path).convert("RGB"), dtype=np.float32) / 127.5 - 1 for path in paths]
-    images = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2)  # (N, 3, H, W)
+    images = images_to_tensor([read_image(path) for path in paths])  # (N, 3, H, W)
     labels = torch.tensor([class_names.index(path.stem.rsplit("_", 1)[0]) for path in paths])
     return images, labels, class_names
 
