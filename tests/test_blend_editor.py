@@ -78,6 +78,32 @@ def test_edit_unreadable_image_file_is_named(tiny, photo, tmp_path):
         quick(broken, box_mask(photo.size), tiny)
 
 
+def test_mask_drawn_on_a_rotated_phone_photo_edits_the_displayed_region(tiny, tmp_path):
+    displayed = Image.open(EXAMPLE_IMAGE).convert("RGB").resize((48, 64), Image.LANCZOS)   # portrait on screen
+    exif = Image.Exif()
+    exif[0x0112] = 6                                     # stored turned 90° anticlockwise: display turns it back
+    displayed.transpose(Image.ROTATE_90).save(tmp_path / "phone.jpg", exif=exif, quality=95)
+    upright = np.asarray(Image.open(tmp_path / "phone.jpg").transpose(Image.ROTATE_270))   # the decoded JPEG
+    mask = box_mask((48, 64), box=(0, 0, 0.5, 0.5))      # the top left quarter of the photo as displayed
+    result = quick(tmp_path / "phone.jpg", mask, tiny, reconstruction="pixel")[0]
+    assert result.size == (48, 64) and result.getexif().get(0x0112, 1) == 1     # written upright
+    keep = mask == 0
+    assert np.array_equal(np.asarray(result)[keep], upright[keep])             # the background is kept ...
+    assert np.abs(np.asarray(result, dtype=np.float32) - upright)[~keep].mean() > 10   # ... the quarter is not
+
+
+def test_alpha_channel_mask_from_an_editor_export_edits_only_the_painted_region(tiny, photo, tmp_path):
+    painted = box_mask(photo.size)
+    layer = np.zeros((*painted.shape, 4), dtype=np.uint8)   # black everywhere; the region painted in alpha
+    layer[..., 3] = painted * 255
+    Image.fromarray(layer, "RGBA").save(tmp_path / "layer.png")
+    with pytest.warns(UserWarning, match="read from the alpha channel"):
+        result = quick(photo, tmp_path / "layer.png", tiny, reconstruction="pixel")[0]
+    keep = painted == 0
+    assert np.array_equal(np.asarray(result)[keep], np.asarray(photo)[keep])
+    assert not np.array_equal(np.asarray(result)[~keep], np.asarray(photo)[~keep])
+
+
 def test_edit_mask_of_another_size_is_resized_with_a_warning(tiny, photo):
     small_mask = Image.fromarray((box_mask((24, 24)) * 255).astype(np.uint8))
     with pytest.warns(UserWarning, match="resizing the mask"):

@@ -100,6 +100,23 @@ def test_a_soft_mask_is_thresholded_at_one_half_and_an_empty_one_refused():
         rank(images_with_edited_colours(colours), "red", torch.zeros(H, W), ranker=ranker)
 
 
+def test_rank_reads_masks_by_the_editors_rules_from_blend_images():
+    import ast
+    import importlib
+    import inspect
+    module = importlib.import_module("blend.rank")                            # (blend.rank is also the function)
+    imported = {node.module for node in ast.walk(ast.parse(inspect.getsource(module)))
+                if isinstance(node, ast.ImportFrom)}
+    assert "images" in imported and "editor" not in imported                   # no cycle with blend.editor
+    colours = [(0.2, 0.2, 0.9), (0.9, 0.1, 0.1)]
+    ranker = MeanColourRanker([1.0, 0.0, 0.0])
+    layer = np.zeros((H, W, 4), dtype=np.uint8)                                # an editor's export: the region
+    layer[..., 3] = edit_mask().numpy() * 255                                  # painted in alpha, colour black
+    with pytest.warns(UserWarning, match="alpha channel"):
+        from_alpha = rank(images_with_edited_colours(colours), "red", Image.fromarray(layer, "RGBA"), ranker=ranker)
+    assert from_alpha == rank(images_with_edited_colours(colours), "red", edit_mask(), ranker=ranker)
+
+
 # ----------------------------------------------------------------------------- the real pipeline, tiny
 @pytest.fixture(scope="module")
 def tiny_clip():
