@@ -5,10 +5,21 @@
     python -m blend --image photo.jpg --mask mask.png --prompt "a red ball" --samples 2
 
 Each run writes its results and grid.png (input | mask | results) to a new folder, which it prints;
-an existing folder or file is never written into.
+an existing folder or file is never written into. The folder is whole or absent: the results are
+written into a hidden folder beside it, which is renamed when they are all written and removed
+on any failure or interrupt.
+
+Exit status: 0 done; 2 an option, input or output folder refused, with one line `error: ...`,
+before any model is loaded and with nothing written; 1 the weights could not be loaded or the
+results could not be written; 130 interrupted (Ctrl-C), with nothing left half-written.
 """
 import argparse
+import errno
+import os
 import re
+import secrets
+import shlex
+import shutil
 import sys
 import time
 import warnings
@@ -19,8 +30,10 @@ from PIL import Image
 
 from .editor import EditInputError, edit, load_model
 from .images import mask_to_image, read_image, read_mask
+from .options import LARGE_SIZE, option_problem
 from .reconstruction import MODES
-from weights import load_clip
+from weights import OfflineError, PickleRefusedError, load_clip
+from weights.pickle_checkpoint import conversion_command, is_pickle_checkpoint
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 EXAMPLE_IMAGE = ASSETS / "example.jpg"       # scikit-image's "coffee" photograph, CC0 (assets/SOURCES.md)
@@ -32,18 +45,25 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m blend", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--image", default=str(EXAMPLE_IMAGE), help="the photograph to edit (default: the example)")
-    parser.add_argument("--mask", default=str(EXAMPLE_MASK), help="white (1) = edit, black (0) = keep")
+    parser.add_argument("--image", default=None,
+                        help="the photograph to edit, given with --mask (default: the example and its mask)")
+    parser.add_argument("--mask", default=None, help="white (1) = edit, black (0) = keep; given with --image")
     parser.add_argument("--prompt", default=EXAMPLE_PROMPT, help=f"what the masked region becomes ({EXAMPLE_PROMPT!r})")
     parser.add_argument("--model", default="sd-2.1-base",
                         help="sd-2.1-base (default, as the official script), sd-1.5, sd-2.1, a .safetensors file, "
                              "a diffusers folder, 'toy' (offline, exact toy model) or 'tiny' (random weights)")
-    parser.add_argument("--steps", type=int, default=50, help="DDIM steps S (default 50)")
+    parser.add_argument("--allow-pickle", action="store_true",
+                        help="read a .ckpt/.pt/.bin --model with torch.load(weights_only=True) instead of refusing it")
+    parser.add_argument("--steps", type=int, default=50,
+                        help="DDIM steps S: 1 to 999 (1 to 1000 with --variant official, whose timestep offset is 0); "
+                             "default 50")
     parser.add_argument("--guidance", type=float, default=None,
-                        help="classifier-free guidance scale (default 7.5; 1.0 for the toy model)")
-    parser.add_argument("--start", type=float, default=0.25, help="fraction of the steps skipped (default 0.25)")
-    parser.add_argument("--samples", type=int, default=4, help="number of results (default 4)")
-    parser.add_argument("--seed", type=int, default=42)
+                        help="classifier-free guidance scale, any finite number (default 7.5; 1.0 for the toy model)")
+    parser.add_argument("--start", type=float, default=0.25,
+                        help="fraction of the steps skipped, in [0, 1) with at least one step left to run "
+                             "(default 0.25)")
+    parser.add_argument("--samples", type=int, default=4, help="number of results, at least 1 (default 4)")
+    parser.add_argument("--seed", type=int, default=42, help="0 to 2**64 - 1, torch's range (default 42)")
     parser.add_argument("--variant", choices=("paper", "official"), default="paper",
                         help="Algorithm 1 as the paper intends it, or the official SD2 script's loop")
     parser.add_argument("--shrink", action="store_true", help="progressive mask shrinking (paper §4.3)")
@@ -52,8 +72,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="rank the results by CLIP (paper §4.4), best first, with their distances in ranking.txt; "
                              "CLIP is ViT-B/16 (default, as the official code), ViT-L/14, tiny or a model.safetensors")
     parser.add_argument("--dtype", choices=tuple(DTYPES), default=None, help="weights' dtype (default: the loader's)")
-    parser.add_argument("--device", default=None, help="cpu, cuda, … (default: cuda when available)")
-    parser.add_argument("--size", type=int, default=None, help="working long side in pixels (default: the model's)")
+    parser.add_argument("--device", default=None,
+                        help="cpu, cuda, cuda:N, mps or xpu, available on this machine (default: cuda when available)")
+    parser.add_argument("--size", type=int, default=None,
+                        help="working long side in pixels, at least what each side must divide by (64 for SD, "
+                             f"16 for tiny, 1 for the toy); a warning above {LARGE_SIZE} (default: the model's)")
     parser.add_argument("--out", default=None, help="output folder (default: outputs/<image>-<prompt>; "
                                                     "a new name is chosen when it exists)")
     return parser.parse_args(argv)
@@ -68,13 +91,51 @@ def main(argv=None) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Read the inputs, load the model, edit, write the results; 0 on success, 1 no model, 2 bad input."""
-    try:  # the inputs first: a bad input fails before any model is loaded
-        image = read_image(args.image)
-        mask = read_mask(args.mask, image.size)
-    except EditInputError as error:
-        print(f"error: {error}", file=sys.stderr)
+    """Check the options, the inputs and the output folder; load the model, edit, write (exit status above)."""
+    problem = option_refusal(args)
+    if problem is None:
+        image_path, mask_path = (args.image, args.mask) if args.image else (EXAMPLE_IMAGE, EXAMPLE_MASK)
+        try:  # the inputs: a bad input fails before any model is loaded
+            image = read_image(image_path)
+            mask = read_mask(mask_path, image.size)
+        except EditInputError as error:
+            problem = str(error)
+    if problem is None:
+        wanted = Path(args.out) if args.out else Path("outputs") / f"{Path(image_path).stem}-{slug(args.prompt)}"
+        try:  # the output location: creating the hidden folder is the check that it can be written
+            output = ResultFolder(wanted)
+        except OSError as error:
+            problem = unwritable_message(wanted, error, given=bool(args.out))
+    if problem is not None:
+        print(f"error: {problem}", file=sys.stderr)
         return 2
+    try:
+        return edit_and_write(args, image, mask, output)
+    except KeyboardInterrupt:
+        output.discard()
+        print(f"interrupted: {f'the results are in {output.final}/' if output.final else 'nothing was written'}",
+              file=sys.stderr)
+        return 130
+    finally:
+        output.discard()  # unless it was renamed into place: a result folder is whole or absent
+
+
+def option_refusal(args: argparse.Namespace) -> str | None:
+    """What is wrong with the command line that can be told without loading anything or the network."""
+    if bool(args.image) != bool(args.mask):
+        given, missing = ("--image", "--mask") if args.image else ("--mask", "--image")
+        return (f"{given} was given without {missing}: the example's {missing[2:]} does not belong with your "
+                f"{given[2:]}. Give both --image PHOTO and --mask MASK (white = edit), or neither for the example")
+    problem = option_problem(steps=args.steps, start=args.start, guidance_scale=args.guidance,
+                             num_samples=args.samples, seed=args.seed, size=args.size, device=args.device,
+                             variant=args.variant, reconstruction=args.reconstruction, model=args.model,
+                             rank=args.rank, cli=True)
+    if problem is None and not args.allow_pickle and is_pickle_checkpoint(Path(args.model).expanduser()):
+        problem = pickle_refusal_message(args.model, Path(args.model).expanduser())
+    return problem
+
+
+def edit_and_write(args: argparse.Namespace, image: Image.Image, mask, output: "ResultFolder") -> int:
     if args.model == "tiny":
         print("WARNING: --model tiny has RANDOM weights: its results are NOISE BY DESIGN. It runs the whole\n"
               "path (tokenizer, text encoder, UNet, VAE) offline; for a meaningful offline edit use --model toy.",
@@ -85,7 +146,12 @@ def run(args: argparse.Namespace) -> int:
               file=sys.stderr)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        model = load_model(args.model, dtype=DTYPES.get(args.dtype), device=device)
+        model = load_model(args.model, dtype=DTYPES.get(args.dtype), device=device, allow_pickle=args.allow_pickle)
+    except PickleRefusedError as error:  # a diffusers folder with .bin weights
+        if getattr(error, "path", None) is None:
+            raise
+        print(f"error: {pickle_refusal_message(args.model, error.path)}", file=sys.stderr)
+        return 2
     except Exception as error:  # any failure to get weights ends here, with one clear paragraph
         print(cannot_load_message(args.model, error), file=sys.stderr)
         return 1
@@ -106,25 +172,48 @@ def run(args: argparse.Namespace) -> int:
     except EditInputError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    default_folder = Path("outputs") / f"{Path(args.image).stem}-{slug(args.prompt)}"
-    folder = new_folder(Path(args.out) if args.out else default_folder)
-    for index, result in enumerate(results):
-        result.save(folder / f"result_{index}.png")
-    grid(image, mask, results).save(folder / "grid.png")
-    if args.rank:
-        lines = [f"result_{index}.png  sample {result.info['sample']}  clip_distance {result.info['clip_distance']:.6f}"
-                 for index, result in enumerate(results)]
-        (folder / "ranking.txt").write_text(f"# ranked by CLIP {args.rank} (paper §4.4): lower distance is better\n"
-                                            + "\n".join(lines) + "\n")
+    lines = []
+    try:
+        for index, result in enumerate(results):
+            result.save(output.temporary / f"result_{index}.png")
+        grid(image, mask, results).save(output.temporary / "grid.png")
+        if args.rank:
+            lines = [f"result_{index}.png  sample {result.info['sample']}  "
+                     f"clip_distance {result.info['clip_distance']:.6f}" for index, result in enumerate(results)]
+            (output.temporary / "ranking.txt").write_text(
+                f"# ranked by CLIP {args.rank} (paper §4.4): lower distance is better\n" + "\n".join(lines) + "\n")
+        folder = output.commit()
+    except OSError as error:
+        print(f"error: could not write the results for {output.wanted}: {error.strerror or error}"
+              f"{f' ({error.filename})' if error.filename else ''}; nothing was written. Free some space or "
+              f"choose another --out, and run again", file=sys.stderr)
+        return 1
+    if lines:
         print("\n".join(lines))
     print(f"{len(results)} results for {args.prompt!r} ({args.model}, {time.perf_counter() - started:.1f} s) "
           f"written to {folder}/ : result_0..{len(results) - 1}.png and grid.png (input | mask | results)")
     return 0
 
 
+def pickle_refusal_message(model: str, pickled: Path) -> str:
+    """weights.pickle_checkpoint's refusal, whole, on one line, with this CLI's flags."""
+    target = pickled.with_suffix(".safetensors")
+    what = "a pickle checkpoint" if pickled == Path(model).expanduser() else f"its weights {pickled} are a pickle"
+    then = (f"then use --model {shlex.quote(str(target))}" if pickled == Path(model).expanduser()
+            else "then run again with the same --model")
+    return (f"--model {model}: {what}, which can run code when loaded, so it is refused by default. Either use "
+            f"the .safetensors file published beside it (the SD 1.5 and 2.1 repositories have one); or add "
+            f"--allow-pickle to read it with torch.load(weights_only=True), which rebuilds tensors only and runs "
+            f"nothing in the file; or convert it once into {target} (never over an existing file), {then}, with "
+            f"this command, from this folder: {conversion_command(pickled, python=shlex.quote(sys.executable))}")
+
+
 def cannot_load_message(model: str, error: Exception) -> str:
     """One paragraph: what failed, how to get the files, how to use a local checkpoint, and --model toy."""
-    what_failed = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    text = str(error).strip()
+    if isinstance(error, OfflineError):  # its first line is what failed; the rest is the Python API's how-to
+        text = text.splitlines()[0]
+    what_failed = " ".join(text.split()) if text else type(error).__name__  # whole, on one line
     what_failed += "" if what_failed.endswith((".", "!", "?")) else "."
     try:
         from weights import presets
@@ -144,14 +233,86 @@ def cannot_load_message(model: str, error: Exception) -> str:
     return paragraph  # one line: the terminal wraps it, and the commands in it stay whole for copying
 
 
-def new_folder(path: Path) -> Path:
-    """Create and return `path`, or `path-1`, `path-2`, … when it exists: nothing is overwritten."""
-    candidate, number = path, 0
-    while candidate.exists():
-        number += 1
-        candidate = path.with_name(f"{path.name}-{number}")
-    candidate.mkdir(parents=True)
-    return candidate
+def unwritable_message(wanted: Path, error: OSError, given: bool) -> str:
+    """Why the output folder cannot be created there, and what to do."""
+    where = f"--out {wanted}" if given else f"the output folder {wanted}"
+    place = Path(error.filename) if error.filename else wanted.parent
+    if isinstance(error, (NotADirectoryError, FileExistsError)) or error.errno == errno.ENOTDIR:
+        why = f"{place} is a file, not a folder"
+    elif isinstance(error, PermissionError) or error.errno == errno.EROFS:
+        why = f"{place.parent} is not writable ({error.strerror})"
+    else:
+        why = f"{error.strerror or error} ({place})"
+    return f"{where}: cannot create the output folder: {why}; choose another " + ("--out" if given else "with --out")
+
+
+class ResultFolder:
+    """Where a run's results go: a hidden folder beside `wanted`, renamed when complete, else removed.
+
+    Creating the hidden folder (and any missing parents) before the model loads checks that the place
+    can be written. `commit()` renames it to `wanted`, or `wanted-1`, `wanted-2`, … when that name is
+    taken: an existing folder or file is never written into. `discard()` removes it and the parents
+    this run created, unless it was committed.
+    """
+
+    def __init__(self, wanted: Path):
+        if wanted.name in ("", ".", ".."):  # "--out ." : a new folder beside the current one
+            wanted = Path(os.path.abspath(wanted))
+        self.wanted, self.final, self.created = wanted, None, []
+        self.temporary = None
+        try:
+            self._make_parents(wanted.parent)
+            self.temporary = self._make_hidden(wanted.parent)
+        except BaseException:
+            self.discard()
+            raise
+
+    def _make_parents(self, folder: Path) -> None:
+        missing = []
+        while not folder.exists() and not folder.is_symlink():
+            missing.append(folder)
+            folder = folder.parent
+        if not folder.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(folder))
+        for parent in reversed(missing):
+            os.mkdir(parent)
+            self.created.append(parent)
+
+    def _make_hidden(self, parent: Path) -> Path:
+        while True:
+            hidden = parent / f".{self.wanted.name}.{secrets.token_hex(4)}.partial"
+            try:
+                os.mkdir(hidden)
+                return hidden
+            except FileExistsError:
+                continue
+
+    def commit(self) -> Path:
+        candidate, number = self.wanted, 0
+        while True:
+            if not candidate.exists() and not candidate.is_symlink():
+                try:
+                    os.rename(self.temporary, candidate)
+                    self.final = candidate
+                    return candidate
+                except OSError as error:  # taken meanwhile (a non-empty folder): the next name
+                    if error.errno not in (errno.EEXIST, errno.ENOTEMPTY, errno.EISDIR, errno.ENOTDIR):
+                        raise
+            number += 1
+            candidate = self.wanted.with_name(f"{self.wanted.name}-{number}")
+
+    def discard(self) -> None:
+        if self.final is not None:
+            return
+        if self.temporary is not None:
+            shutil.rmtree(self.temporary, ignore_errors=True)
+            self.temporary = None
+        for parent in reversed(self.created):
+            try:
+                os.rmdir(parent)
+            except OSError:
+                break
+        self.created = []
 
 
 def slug(text: str) -> str:

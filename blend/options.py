@@ -7,7 +7,8 @@ and exits with status 2. The ranges:
     steps            1 … 999 with SD's timestep offset 1 (the paper variant), 1 … 1000 with offset 0
                      (--variant official): "leading" timesteps i·(1000 // S) + offset must stay below
                      T = 1000 (samplers.ddim_timesteps decides)
-    start            finite, in [0, 1), and int(steps · start) < steps, so that at least one step runs
+    start            finite, in [0, 1): the loop skips int(steps · start) steps, which is then below
+                     steps (also in floating point), so at least one step runs
     guidance_scale   any finite number (None: the model's default)
     num_samples      1 or more
     seed             0 … 2**64 − 1, what torch.Generator.manual_seed takes. Negative seeds are refused:
@@ -77,9 +78,6 @@ def option_problem(*, steps=50, start=0.25, guidance_scale=None, num_samples=1, 
     if not _is_real(start) or not math.isfinite(start) or not 0 <= start < 1:
         return (f"{named('start', start)}: expected the fraction of the {steps} steps to skip, a number in "
                 f"[0, 1) (0.25 skips a quarter)")
-    if int(steps * start) >= steps:
-        return (f"{named('start', start)}: skips int({steps} · {start}) = {int(steps * start)} of the {steps} "
-                f"steps, leaving none to run; use a smaller start")
     if guidance_scale is not None and (not _is_real(guidance_scale) or not math.isfinite(guidance_scale)):
         return (f"{named('guidance_scale', guidance_scale)}: expected a finite number (7.5 is the official "
                 f"scale, 1 means no guidance); a non-finite scale turns every latent into NaN")

@@ -1,5 +1,7 @@
 """blend/cli.py: `python -m blend` end to end on the toy and tiny models, into temporary folders."""
+import errno
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -100,15 +102,15 @@ def test_cli_never_writes_into_the_input_folder(tmp_path):
     Image.open(EXAMPLE_IMAGE).save(image)
     before = image.read_bytes()
     assert main(["--model", "tiny", "--samples", "1", "--steps", "4", "--image", str(image),
-                 "--out", str(inputs)]) == 0
+                 "--mask", str(EXAMPLE_MASK), "--out", str(inputs)]) == 0
     assert image.read_bytes() == before and sorted(p.name for p in inputs.iterdir()) == ["photo.png"]
     results_of(tmp_path / "inputs-1", 1)
 
 
 @pytest.mark.parametrize("arguments, message", [
-    (["--image", "missing.jpg"], "image file not found: missing.jpg"),
-    (["--mask", "missing.png"], "mask file not found: missing.png"),
-    (["--mask", "__EMPTY__"], "nothing to edit"),
+    (["--image", "missing.jpg", "--mask", str(EXAMPLE_MASK)], "image file not found: missing.jpg"),
+    (["--image", str(EXAMPLE_IMAGE), "--mask", "missing.png"], "mask file not found: missing.png"),
+    (["--image", str(EXAMPLE_IMAGE), "--mask", "__EMPTY__"], "nothing to edit"),
     (["--model", "toy", "--prompt", "a dog"], "knows only the classes"),
 ])
 def test_cli_bad_input_exits_2_with_a_message_and_writes_nothing(tmp_path, capsys, arguments, message):
@@ -156,3 +158,188 @@ def test_cli_rank_saves_results_best_first_with_ascending_clip_distances(tmp_pat
         return grid[:, (2 + index) * width:(3 + index) * width]
     for k, sample in enumerate(samples):
         assert np.array_equal(tile(grid_ranked, k), tile(grid_plain, sample))
+
+
+# ----------------------------------------------------------------------------- refusals: exit 2, one line, no work
+@pytest.fixture
+def no_model_loads(monkeypatch):
+    """Any attempt to load a model (or CLIP) fails the test: a refusal must come before all loading."""
+    def forbidden(*args, **kwargs):
+        raise AssertionError("a model was loaded before the refusal")
+    for name in ("load_model", "load_clip"):
+        monkeypatch.setattr(f"blend.cli.{name}", forbidden)
+    monkeypatch.setattr("blend.editor.load_model", forbidden)
+
+
+def assert_refused(tmp_path, capsys, arguments, *needed):
+    """main() exits 2 with ONE line `error: ...` holding `needed`, and writes nothing into tmp_path."""
+    before = sorted(tmp_path.rglob("*"))
+    assert main([*arguments, "--out", str(tmp_path / "out")]) == 2
+    captured = capsys.readouterr()
+    message = captured.err.strip()
+    assert message.startswith("error: ") and message.count("\n") == 0, captured.err
+    for text in needed:
+        assert text in message, message
+    assert sorted(tmp_path.rglob("*")) == before and not captured.out
+    return message
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+def test_cli_non_finite_guidance_is_refused_before_loading(tmp_path, capsys, no_model_loads, value):
+    assert_refused(tmp_path, capsys, [f"--guidance={value}"], f"--guidance {float(value)}", "finite")
+
+
+@pytest.mark.parametrize("given, missing", [("--image", "--mask"), ("--mask", "--image")])
+def test_cli_image_or_mask_alone_is_refused_not_paired_with_the_example(tmp_path, capsys, no_model_loads, given,
+                                                                         missing):
+    path = EXAMPLE_IMAGE if given == "--image" else EXAMPLE_MASK
+    assert_refused(tmp_path, capsys, ["--model", "toy", given, str(path)], f"{given} was given without {missing}")
+
+
+@pytest.mark.parametrize("arguments, needed", [
+    (["--start", "1.0"], ["--start 1.0", "[0, 1)"]),
+    (["--start", "-0.1"], ["--start -0.1", "[0, 1)"]),
+    (["--start", "nan"], ["--start nan", "[0, 1)"]),
+    (["--steps", "0"], ["--steps 0", "at least 1"]),
+    (["--steps", "1000"], ["--steps 1000", "1 … 999", "--variant official"]),
+    (["--steps", "1001", "--variant", "official"], ["--steps 1001", "1 … 1000"]),
+    (["--samples", "0"], ["--samples 0", "at least 1"]),
+    (["--size", "-512"], ["--size -512", "at least 64"]),
+    (["--size", "32"], ["--size 32", "at least 64"]),
+    (["--model", "tiny", "--size", "8"], ["--size 8", "at least 16"]),
+    (["--seed", str(2**64)], [f"--seed {2**64}", "2**64 - 1"]),
+    (["--seed", "-1"], ["--seed -1", "2**64 - 1"]),
+    (["--device", "gpu"], ["--device gpu", "not a device name"]),
+    (["--device", "cuda:x"], ["--device cuda:x", "not a device name"]),
+    (["--device", "meta"], ["--device meta", "cannot run the edit"]),
+    (["--model", "no-such-model"], ["--model no-such-model", "neither a model name", "sd-2.1-base"]),
+    (["--model", "toy", "--rank", "ViT-Z/99"], ["--rank ViT-Z/99", "ViT-B/16"]),
+], ids=lambda value: " ".join(value) if isinstance(value, list) and value[0].startswith("--") else None)
+def test_cli_out_of_range_option_is_refused_with_one_line_before_loading(tmp_path, capsys, no_model_loads,
+                                                                         arguments, needed):
+    assert_refused(tmp_path, capsys, arguments, *needed)
+
+
+def test_cli_unavailable_cuda_device_is_refused_as_a_device_error(tmp_path, capsys, no_model_loads):
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    device = f"cuda:{count}"                      # one past the last GPU; "CUDA is not available" without one
+    message = assert_refused(tmp_path, capsys, ["--device", device], f"--device {device}")
+    if count:
+        assert f"this machine has {count} CUDA device(s)" in message
+    else:
+        assert f"CUDA is not available on this machine (torch {torch.__version__}); use --device cpu" in message
+    assert "could not load the model" not in message
+
+
+# ----------------------------------------------------------------------------- the output folder
+def test_cli_output_folder_under_a_file_is_refused_before_loading(tmp_path, capsys, no_model_loads):
+    (tmp_path / "notes.txt").write_text("mine")
+    out = tmp_path / "notes.txt" / "run"
+    assert main(["--model", "toy", "--out", str(out)]) == 2
+    message = capsys.readouterr().err.strip()
+    assert message.count("\n") == 0 and message.startswith(f"error: --out {out}: cannot create the output folder")
+    assert f"{tmp_path / 'notes.txt'} is a file, not a folder" in message
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+
+
+def test_cli_read_only_output_folder_is_refused_before_loading(tmp_path, capsys, monkeypatch, no_model_loads):
+    # The check is the creation of the run's folder itself (not os.access, which says yes to root for any
+    # folder). Root may write into a mode-0555 folder, so as root the kernel's answer for everyone else,
+    # EACCES, is given by os.mkdir for that folder, the call every folder creation goes through.
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    if os.geteuid() == 0:
+        real_mkdir = os.mkdir
+        def mkdir(path, *args, **kwargs):
+            if Path(path).parent == locked:
+                raise PermissionError(13, "Permission denied", str(path))
+            return real_mkdir(path, *args, **kwargs)
+        monkeypatch.setattr(os, "mkdir", mkdir)
+    try:
+        assert main(["--model", "toy", "--out", str(locked / "run")]) == 2
+    finally:
+        locked.chmod(0o755)
+    message = capsys.readouterr().err.strip()
+    assert message.count("\n") == 0 and f"{locked} is not writable (Permission denied)" in message
+    assert list(locked.iterdir()) == []
+
+
+def failing_save_after(count: int, error: BaseException):
+    """A stand-in for Image.save: the first `count` saves are real, the next writes a few bytes and raises."""
+    real_save, calls = Image.Image.save, []
+
+    def save(self, path, *args, **kwargs):
+        calls.append(path)
+        if len(calls) <= count:
+            return real_save(self, path, *args, **kwargs)
+        Path(path).write_bytes(b"\x89PNG\r\n\x1a\n")         # a truncated PNG
+        raise error
+    return save
+
+
+def test_cli_disk_full_while_writing_leaves_no_result_folder(tmp_path, capsys, monkeypatch):
+    out = tmp_path / "full"
+    monkeypatch.setattr(Image.Image, "save", failing_save_after(1, OSError(errno.ENOSPC, "No space left on device")))
+    assert main(["--model", "toy", "--samples", "2", "--steps", "4", "--size", "64", "--out", str(out)]) == 1
+    message = capsys.readouterr().err.strip().splitlines()[-1]
+    assert message.startswith("error: could not write the results") and "No space left on device" in message
+    assert list(tmp_path.iterdir()) == []                # neither the folder nor its hidden temporary
+
+
+def test_cli_interrupt_while_writing_leaves_nothing_half_written(tmp_path, capsys, monkeypatch):
+    out = tmp_path / "interrupted"
+    monkeypatch.setattr(Image.Image, "save", failing_save_after(1, KeyboardInterrupt()))
+    try:
+        code = main(["--model", "toy", "--samples", "2", "--steps", "4", "--size", "64", "--out", str(out)])
+    except KeyboardInterrupt:
+        code = "raised"
+    assert list(tmp_path.iterdir()) == []
+    assert code == 130 and "interrupted: nothing was written" in capsys.readouterr().err
+
+
+def test_cli_writes_into_a_hidden_folder_renamed_when_complete(tmp_path, monkeypatch):
+    seen = []
+    real_save = Image.Image.save
+    def save(self, path, *args, **kwargs):
+        seen.append(Path(path).parent)
+        return real_save(self, path, *args, **kwargs)
+    monkeypatch.setattr(Image.Image, "save", save)
+    out = tmp_path / "nested" / "run"
+    assert main(["--model", "toy", "--samples", "1", "--steps", "4", "--size", "64", "--out", str(out)]) == 0
+    assert len(set(seen)) == 1 and seen[0].parent == out.parent and seen[0].name.startswith(".run.")
+    assert not seen[0].exists() and sorted(p.name for p in out.parent.iterdir()) == ["run"]
+    results_of(out, 1)
+
+
+# ----------------------------------------------------------------------------- pickle checkpoints
+@pytest.fixture
+def tiny_ckpt(tmp_path):
+    """A tiny-model .ckpt in a folder whose name needs quoting in a shell."""
+    from safetensors.torch import load_file
+    from weights import fakes, presets
+    folder = tmp_path / "it's a folder"
+    folder.mkdir()
+    tensors = load_file(fakes.write_single_file(tmp_path / "source.safetensors", presets.get("tiny")))
+    torch.save({"state_dict": tensors, "global_step": 1}, folder / "model.ckpt")
+    return folder / "model.ckpt"
+
+
+def test_cli_ckpt_is_refused_with_the_whole_instructions_and_the_command_works_pasted(tmp_path, capsys,
+                                                                                     tiny_ckpt):
+    message = assert_refused(tmp_path, capsys, ["--model", str(tiny_ckpt)], "a pickle checkpoint", "--allow-pickle",
+                             "published beside it", "convert_checkpoint", "from this folder: ")
+    command = message.split("from this folder: ", 1)[1]
+    completed = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=120)
+    assert completed.returncode == 0, completed.stderr
+    converted = tiny_ckpt.with_suffix(".safetensors")
+    assert converted.is_file() and f"then use --model {shlex.quote(str(converted))}" in message
+    assert main(["--model", str(converted), "--samples", "1", "--steps", "4", "--size", "64",
+                 "--out", str(tmp_path / "converted")]) == 0
+
+
+def test_cli_allow_pickle_reads_a_ckpt(tmp_path, tiny_ckpt):
+    out = tmp_path / "from-ckpt"
+    assert main(["--model", str(tiny_ckpt), "--allow-pickle", "--samples", "1", "--steps", "4", "--size", "64",
+                 "--out", str(out)]) == 0
+    results_of(out, 1)

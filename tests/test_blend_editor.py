@@ -179,3 +179,35 @@ def test_edit_toy_example_paints_the_prompt_class_and_keeps_the_background():
     inside_to_cat = min(np.abs(result - cat)[mask].mean() for cat in toy_cats)
     assert inside_to_cat < 0.25 * np.abs(result - coffee)[mask].mean()   # the cup became a cat
     assert np.abs(result - coffee)[~mask].mean() < 3                    # on a 0–255 scale: resizing only
+
+
+@pytest.mark.parametrize("options, message", [
+    (dict(guidance_scale=float("nan")), "guidance_scale=nan: expected a finite number"),
+    (dict(guidance_scale=float("inf")), "guidance_scale=inf: expected a finite number"),
+    (dict(start=1.0), r"start=1.0: .*\[0, 1\)"),
+    (dict(start=float("nan")), r"start=nan: .*\[0, 1\)"),
+    (dict(steps=1000), r"steps=1000: expected 1 … 999 .*variant='official'"),
+    (dict(steps=1001, variant="official"), "steps=1001: expected 1 … 1000"),
+    (dict(steps=12.5), "steps=12.5: expected a whole number"),
+    (dict(num_samples=0), "num_samples=0: expected at least 1"),
+    (dict(seed=-1), r"seed=-1: .*2\*\*64 - 1"),
+    (dict(seed=2**64), r"seed=18446744073709551616: expected at most 2\*\*64 - 1"),
+    (dict(size=0), "size=0: expected a whole number of pixels of at least 64"),
+    (dict(size=32), "size=32: expected a whole number of pixels of at least 64"),
+    (dict(device="cuda:x"), "device='cuda:x': not a device name"),
+    (dict(variant="fast"), "variant='fast': expected one of paper, official"),
+    (dict(model="no-such-model"), "model='no-such-model': neither a model name"),
+    (dict(rank="ViT-Z/99"), r"rank='ViT-Z/99': neither a CLIP model name \(ViT-B/16, ViT-L/14, tiny\)"),
+], ids=lambda value: ",".join(f"{k}={v}" for k, v in value.items()) if isinstance(value, dict) else None)
+def test_edit_refuses_out_of_range_options_before_loading_the_model(photo, monkeypatch, options, message):
+    def forbidden(*args, **kwargs):
+        raise AssertionError("a model was loaded before the refusal")
+    monkeypatch.setattr("blend.editor.load_model", forbidden)
+    options = {"model": "sd-2.1-base", "steps": 4, "num_samples": 1, "device": "cpu", **options}
+    with pytest.raises(EditInputError, match=message):
+        edit(photo, box_mask(photo.size), "a cat", **options)
+
+
+def test_edit_accepts_the_largest_seed_torch_takes(tiny, photo):
+    results = quick(photo, box_mask(photo.size), tiny, seed=2**64 - 1)
+    assert len(results) == 1
