@@ -98,12 +98,16 @@ def read_mask(mask, image_size: tuple) -> np.ndarray:
                              f"0.5) and the background to keep black (0); {name}, read as {reading}, has values in "
                              f"[{low:.4g}, {high:.4g}] only. Paint the region to edit white.")
     if binary.shape[::-1] != tuple(image_size):
-        turned = " (the image's size turned by 90°: masks are read in display orientation, after any EXIF " \
-                 "orientation tag; draw the mask on the photograph as displayed)" \
-            if binary.shape == tuple(image_size) else ""
+        turned = (" (the image's size turned by 90°: masks are read in display orientation, after any EXIF "
+                  "orientation tag; draw the mask on the photograph as displayed)"
+                  if binary.shape == tuple(image_size) else "")
         warnings.warn(f"the mask is {binary.shape[1]}x{binary.shape[0]} but the image is {image_size[0]}x"
                       f"{image_size[1]}{turned}; resizing the mask to the image (nearest neighbour)", stacklevel=2)
         binary = np.array(Image.fromarray(binary).resize(tuple(image_size), Image.NEAREST))
+        if not binary.any():
+            raise EditInputError(f"the mask is empty: nothing to edit: the region of {name} vanished when it was "
+                                 f"resized to the image's {image_size[0]}x{image_size[1]}; expected a mask of the "
+                                 f"image's size. Draw it on the image at its own size, or enlarge the region.")
     return binary
 
 
@@ -171,7 +175,8 @@ def deep_grey_values(image: Image.Image, name: str) -> np.ndarray:
         return values.astype(np.float32)
     if image.mode == "I" and (values.min() < 0 or values.max() > 65535):
         raise EditInputError(f"{name} is a 32-bit integer image (mode I) with values in [{values.min()}, "
-                             f"{values.max()}]; expected 16-bit levels in [0, 65535]. Save it as an 8- or 16-bit image.")
+                             f"{values.max()}]; expected 16-bit levels in [0, 65535]. "
+                             f"Save it as an 8- or 16-bit image.")
     return values.astype(np.float32) / 65535
 
 

@@ -253,6 +253,15 @@ def test_empty_mask_message_names_the_file_the_reading_and_the_values_found(tmp_
         read_mask(tmp_path / "grey.png", (W, H))
 
 
+def test_mask_region_lost_in_resizing_to_the_image_is_refused_as_empty():
+    speck = np.zeros((10 * H, 10 * W), dtype=np.float32)
+    speck[1, 1] = 1                                                               # no nearest sample lands on it
+    with pytest.warns(UserWarning, match="resizing the mask"), \
+            pytest.raises(EditInputError, match=r"the mask is empty: nothing to edit: the region of the mask array "
+                                                 r"vanished when it was resized to the image's 12x8"):
+        read_mask(speck, (W, H))
+
+
 # ----------------------------------------------------------------------------- PIL ↔ tensors
 def test_image_to_tensor_and_back_is_exact_and_in_minus_one_one():
     photo = corner_photo((W, H))
