@@ -34,7 +34,7 @@ from .images import image_to_tensor, read_image, read_mask, tensor_to_image
 from .masks import resize_mask, threshold_mask
 from .options import option_problem, warn_if_large
 from .rank import rank as rank_by_clip
-from .reconstruction import MODES, finetune_decoder, optimise_latent, paste_background
+from .reconstruction import finetune_decoder, optimise_latent, paste_background
 from .toy_model import load_toy
 
 OFFICIAL_GUIDANCE_SCALE = 7.5
