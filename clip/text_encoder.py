@@ -46,6 +46,8 @@ class TextConfig:
     under `cond_stage_model.transformer.`) or "sd2" (open_clip's names, under
     `cond_stage_model.model.`, which are also the names of OpenAI's original CLIP files).
     `skip_last_layers` = 1 gives SD 2's penultimate layer.
+    `mlp_width`: the hidden width of each block's MLP; None means 4 x width, as in every
+    published CLIP text tower (a config may set another, e.g. transformers' `intermediate_size`).
     `projection_dim`: the width of CLIP's text embedding (`pooled_embedding`). None means
     the layout's default: no projection for "sd1" (SD 1 files have none), a width x width
     `text_projection` for "sd2" (SD 2 files carry one).
@@ -60,6 +62,11 @@ class TextConfig:
     skip_last_layers: int = 0            # SD 2 uses the output of layer 23 of 24, then ln_final
     projection_dim: int | None = None
     layer_norm_eps: float = 1e-5
+    mlp_width: int | None = None         # None: 4 x width
+
+    @property
+    def resolved_mlp_width(self) -> int:
+        return self.mlp_width if self.mlp_width is not None else 4 * self.width
 
     @property
     def resolved_projection_dim(self) -> int | None:
@@ -117,14 +124,15 @@ class SelfAttention(nn.Module):
 
 
 class MLP(nn.Module):
-    """W_2 · act(W_1 · x + b_1) + b_2, hidden width 4C."""
+    """W_2 · act(W_1 · x + b_1) + b_2, hidden width `hidden` (4C unless the config says otherwise)."""
 
-    def __init__(self, width: int, activation: str, names: tuple[str, str]):
+    def __init__(self, width: int, activation: str, names: tuple[str, str], hidden: int | None = None):
         super().__init__()
+        hidden = 4 * width if hidden is None else hidden
         self.names = names
         self.activation = ACTIVATIONS[activation]
-        self.add_module(names[0], nn.Linear(width, 4 * width))
-        self.add_module(names[1], nn.Linear(4 * width, width))
+        self.add_module(names[0], nn.Linear(width, hidden))
+        self.add_module(names[1], nn.Linear(hidden, width))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         expand, contract = (getattr(self, n) for n in self.names)
@@ -141,7 +149,7 @@ class ResidualAttentionBlock(nn.Module):
         self.add_module(ln_1, nn.LayerNorm(width, eps=eps))
         self.add_module(attn, SelfAttention(width, config.heads, fused_qkv=config.layout == "sd2"))
         self.add_module(ln_2, nn.LayerNorm(width, eps=eps))
-        self.mlp = MLP(width, config.activation, (mlp_in, mlp_out))
+        self.mlp = MLP(width, config.activation, (mlp_in, mlp_out), config.resolved_mlp_width)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         ln_1, attn, ln_2 = (getattr(self, n) for n in self.names[:3])

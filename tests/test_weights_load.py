@@ -362,6 +362,66 @@ def test_folder_with_an_architecture_we_do_not_have_is_refused(tmp_path):
         weights.load(folder)
 
 
+def _edit_config(folder: Path, part: str, **changes) -> None:
+    import json
+    file = folder / part / ("scheduler_config.json" if part == "scheduler" else "config.json")
+    file.write_text(json.dumps(json.loads(file.read_text()) | changes))
+
+
+def test_folder_text_mlp_width_is_read_from_intermediate_size(tmp_path):
+    spec = replace(TINY, text=replace(TINY.text, mlp_width=37))       # not 4 x 32
+    folder = fakes.write_diffusers_folder(tmp_path / "model", spec)
+    assert '"intermediate_size": 37' in (folder / "text_encoder" / "config.json").read_text()
+    loaded = weights.load(folder)
+    assert loaded.spec.text.mlp_width == 37
+    assert loaded.text_encoder.text_model.encoder.layers[0].mlp.fc1.out_features == 37
+    assert_same_outputs(loaded, source_modules(spec), loaded.tokenizer)
+
+
+def test_folder_image_size_is_the_unet_sample_size_times_the_vae_downsampling(tmp_path):
+    folder = fakes.write_diffusers_folder(tmp_path / "model", TINY)
+    _edit_config(folder, "unet", sample_size=12)
+    _edit_config(folder, "vae", sample_size=999, scaling_factor=0.5)
+    spec = weights.load(folder).spec
+    assert (spec.image_size, spec.scale_factor) == (12 * 8, 0.5)
+
+
+@pytest.mark.parametrize("part, changes, message", [
+    ("unet", {"norm_num_groups": 24}, r"unet/config.json: norm_num_groups=24.*divides every block_out_channels"),
+    ("unet", {"attention_head_dim": 5}, r"unet/config.json: attention_head_dim=\[5, 5\].*dividing the channels"),
+    ("unet", {"_class_name": "UNet2DModel"}, r"unet/config.json: _class_name='UNet2DModel'.*UNet2DConditionModel"),
+    ("unet", {"in_channels": 9}, r"unet/config.json: in_channels=9, out_channels=4, but .*latent_channels=4"),
+    ("unet", {"cross_attention_dim": 64}, r"cross_attention_dim=64, but .*text_encoder/config.json has hidden_size=32"),
+    ("vae", {"norm_num_groups": 5}, r"vae/config.json: norm_num_groups=5"),
+    ("vae", {"_class_name": "AutoencoderTiny"}, r"vae/config.json: _class_name='AutoencoderTiny'.*AutoencoderKL"),
+    ("text_encoder", {"architectures": ["CLIPTextModelWithProjection"]},
+     r"text_encoder/config.json: sets architectures=\['CLIPTextModelWithProjection'\].*\['CLIPTextModel'\]"),
+    ("text_encoder", {"hidden_act": "gelu_new"}, r"text_encoder/config.json: hidden_act='gelu_new'.*quick_gelu"),
+    ("text_encoder", {"num_attention_heads": 5}, r"num_attention_heads=5.*divides hidden_size=32"),
+    ("text_encoder", {"vocab_size": 1000}, r"text_encoder/config.json: vocab_size=1000.*supported: 49408"),
+    ("text_encoder", {"max_position_embeddings": 64}, r"max_position_embeddings=64.*at least 77"),
+], ids=["unet-norm_num_groups", "unet-attention_head_dim", "unet-_class_name", "unet-in_channels",
+        "unet-cross_attention_dim", "vae-norm_num_groups", "vae-_class_name", "text-architectures", "text-hidden_act",
+        "text-num_attention_heads", "text-vocab_size", "text-max_position_embeddings"])
+def test_folder_config_numbers_our_networks_cannot_express_are_refused_by_field_name(tmp_path, part, changes,
+                                                                                    message):
+    folder = fakes.write_diffusers_folder(tmp_path / "model", TINY)
+    _edit_config(folder, part, **changes)
+    with pytest.raises(weights.UnsupportedModelError, match=message):
+        weights.load(folder)
+
+
+def test_folder_tokenizer_that_is_not_clips_table_is_refused_by_name(tmp_path):
+    """clip.Tokenizer holds CLIP's 49408-entry table; a test pipeline's 1000-entry one cannot be expressed."""
+    import json
+    folder = fakes.write_diffusers_folder(tmp_path / "model", TINY)
+    small = {f"t{i}": i for i in range(998)} | {"<|startoftext|>": 998, "<|endoftext|>": 999}
+    (folder / "tokenizer" / "vocab.json").write_text(json.dumps(small))
+    with pytest.raises(weights.UnsupportedModelError,
+                       match=r"tokenizer/vocab.json: a vocabulary of 1000 entries with <\|startoftext\|>=998"):
+        weights.load(folder)
+
+
 # ----------------------------------------------------------------------------- ids and paths
 def test_unknown_id_lists_the_known_ones():
     with pytest.raises(weights.UnknownSourceError) as error:

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from clip import Tokenizer
+from clip.tokenizer import BOS_ID, EOS_ID, VOCAB_SIZE
 
 from . import diffusers_keys as keys
 from .errors import CorruptFileError, NotAModelError, UnsupportedModelError
@@ -111,9 +112,13 @@ def tokenizer_style(folder: Path) -> str:
 
 
 def read_spec(folder: Path, name: str) -> ModelSpec:
-    """The ModelSpec described by the folder's config files."""
-    unet = read_json(folder / "unet" / "config.json")
-    vae = read_json(folder / "vae" / "config.json")
+    """The ModelSpec described by the folder's config files.
+
+    The default image size is diffusers' own: the UNet's `sample_size` (latent side) times the
+    VAE's downsampling factor 2^(levels - 1); the VAE's `scaling_factor` is the scale factor.
+    """
+    files = {part: folder / part / "config.json" for part in ("unet", "vae", "text_encoder")}
+    unet, vae, text = (read_json(files[part]) for part in files)
     scheduler_file = folder / "scheduler" / "scheduler_config.json"
     scheduler = read_json(scheduler_file) if scheduler_file.is_file() else {}
     kind = scheduler.get("prediction_type", "epsilon")
@@ -122,18 +127,33 @@ def read_spec(folder: Path, name: str) -> ModelSpec:
     if scheduler.get("beta_schedule", "scaled_linear") != "scaled_linear" or scheduler.get("trained_betas"):
         raise UnsupportedModelError(f"{scheduler_file}: beta_schedule {scheduler.get('beta_schedule')!r}; "
                                     f"SD's samplers here use 'scaled_linear'")
+    unet_config = keys.unet_config_from_diffusers(unet, files["unet"])
+    vae_config = keys.vae_config_from_diffusers(vae, files["vae"])
+    text_config = keys.text_config_from_transformers(text, files["text_encoder"])
+    check_components_fit(files, unet_config, vae_config, text_config)
+    downsampling = 2 ** (len(vae_config.ch_mult) - 1)
+    image_size = unet["sample_size"] * downsampling if unet.get("sample_size") else vae.get("sample_size", 512)
     return ModelSpec(
-        name=name,
-        unet=keys.unet_config_from_diffusers(unet, folder / "unet" / "config.json"),
-        vae=keys.vae_config_from_diffusers(vae, folder / "vae" / "config.json"),
-        text=keys.text_config_from_transformers(read_json(folder / "text_encoder" / "config.json"),
-                                                folder / "text_encoder" / "config.json"),
-        prediction_type=PREDICTION_TYPES[kind],
-        scale_factor=vae.get("scaling_factor", 0.18215),
-        image_size=vae.get("sample_size") or 8 * unet.get("sample_size", 64),
+        name=name, unet=unet_config, vae=vae_config, text=text_config,
+        prediction_type=PREDICTION_TYPES[kind], scale_factor=vae.get("scaling_factor", 0.18215),
+        image_size=image_size,
         beta_start=scheduler.get("beta_start", 0.00085), beta_end=scheduler.get("beta_end", 0.012),
         num_train_timesteps=scheduler.get("num_train_timesteps", 1000),
         steps_offset=scheduler.get("steps_offset", 1), notes=f"diffusers folder {folder}")
+
+
+def check_components_fit(files: dict, unet, vae, text) -> None:
+    """The UNet denoises the VAE's latents and attends to the text tower's output: refuse, by the
+    config keys involved, a folder whose parts do not fit (an inpainting UNet has 9 input channels)."""
+    if unet.in_channels != vae.z_channels or unet.out_channels != vae.z_channels:
+        raise UnsupportedModelError(
+            f"{files['unet']}: in_channels={unet.in_channels}, out_channels={unet.out_channels}, but {files['vae']} "
+            f"has latent_channels={vae.z_channels}; supported: a text-to-image UNet whose in_channels and "
+            f"out_channels equal the VAE's latent_channels (an inpainting UNet adds mask channels)")
+    if unet.context_dim != text.width:
+        raise UnsupportedModelError(
+            f"{files['unet']}: cross_attention_dim={unet.context_dim}, but {files['text_encoder']} has "
+            f"hidden_size={text.width}; supported: a UNet that attends to its own text tower's width")
 
 
 def load_folder(folder: Path, *, dtype: torch.dtype, device: torch.device, prediction_type: str | None,
@@ -142,6 +162,7 @@ def load_folder(folder: Path, *, dtype: torch.dtype, device: torch.device, predi
     when the folder is a preset's Hub snapshot; its facts (name, prediction type, repository) are kept."""
     check_folder(folder)
     spec = read_spec(folder, folder.name)
+    tokenizer = read_tokenizer(folder / "tokenizer")        # before the weights: a refusal costs no reading
     if preset is not None:
         if preset.prediction_type != spec.prediction_type:
             warnings.warn(f"{folder}: the scheduler config says {spec.prediction_type!r} but preset {preset.name!r} "
@@ -168,21 +189,25 @@ def load_folder(folder: Path, *, dtype: torch.dtype, device: torch.device, predi
             tensors.update(_absent_from_transformers(module, tensors))
         modules[part] = assign_weights(module, tensors, file=file, part=part, dtype=dtype, device=device)
 
-    tokenizer = read_tokenizer(folder / "tokenizer")
     return modules["unet"], modules["vae"], modules["text_encoder"], tokenizer, spec
 
 
 def read_tokenizer(folder: Path) -> Tokenizer:
     """The CLIP tokenizer from `vocab.json` + `merges.txt` (the published folders), or from the
-    `tokenizer.json` that transformers 5 writes instead, in the style its pad token names."""
+    `tokenizer.json` that transformers 5 writes instead, in the style its pad token names.
+
+    clip.Tokenizer holds CLIP's own table (49408 entries, BOS 49406, EOS 49407); a folder with
+    another table, such as the 1000-entry tokenizers of test pipelines, is refused by name."""
     style = tokenizer_style(folder)
     try:
         if all((folder / name).is_file() for name in TOKENIZER_FILES):
+            check_vocabulary(folder / "vocab.json", read_json(folder / "vocab.json"))
             return Tokenizer.from_vocab_files(folder / "vocab.json", folder / "merges.txt", style=style)
         if (folder / "tokenizer.json").is_file():
             model = read_json(folder / "tokenizer.json").get("model", {})
             if model.get("type") != "BPE":
                 raise CorruptFileError(f"{folder / 'tokenizer.json'}: not a BPE tokenizer ({model.get('type')})")
+            check_vocabulary(folder / "tokenizer.json", model.get("vocab", {}))
             merges = [m if isinstance(m, str) else " ".join(m) for m in model["merges"]]
             with tempfile.TemporaryDirectory() as scratch:     # the same tables, in the two-file form
                 vocab_json, merges_txt = Path(scratch) / "vocab.json", Path(scratch) / "merges.txt"
@@ -190,8 +215,22 @@ def read_tokenizer(folder: Path) -> Tokenizer:
                 merges_txt.write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
                 return Tokenizer.from_vocab_files(vocab_json, merges_txt, style=style)
     except (ValueError, KeyError) as error:
+        if isinstance(error, UnsupportedModelError):
+            raise
         raise CorruptFileError(f"{folder}: the tokenizer tables are damaged or not CLIP's ({error})") from None
     raise NotAModelError(f"{folder}: no tokenizer tables; expected vocab.json + merges.txt (or tokenizer.json)")
+
+
+def check_vocabulary(file: Path, vocabulary: dict) -> None:
+    """Refuse a tokenizer table other than CLIP's: clip.Tokenizer cannot express it."""
+    specials = {name: vocabulary.get(name) for name in ("<|startoftext|>", "<|endoftext|>")}
+    if len(vocabulary) != VOCAB_SIZE or specials != {"<|startoftext|>": BOS_ID, "<|endoftext|>": EOS_ID}:
+        raise UnsupportedModelError(
+            f"{file}: a vocabulary of {len(vocabulary)} entries with <|startoftext|>={specials['<|startoftext|>']}, "
+            f"<|endoftext|>={specials['<|endoftext|>']}; supported: CLIP's BPE vocabulary, {VOCAB_SIZE} entries with "
+            f"<|startoftext|>={BOS_ID}, <|endoftext|>={EOS_ID}, as every SD 1.x/2.x folder has. Replace the "
+            f"folder's tokenizer/ with CLIP's (e.g. `weights.fakes.tokenizer_files`) and its text encoder with one "
+            f"of vocab_size {VOCAB_SIZE}")
 
 
 def _absent_from_transformers(module, tensors: dict) -> dict:

@@ -212,7 +212,9 @@ def text_to_transformers(tensors: dict, config: TextConfig) -> dict:
 
 
 # ----------------------------------------------------------------------------- configs
-# Settings of diffusers' UNet2DConditionModel that our UNet does not have: their SD values (the defaults).
+# Every key of diffusers' UNet2DConditionModel / AutoencoderKL and of transformers' CLIPTextConfig is one of:
+# read into our config; fixed (our modules have only this value, any other is refused by name); or ignored,
+# because it changes nothing our networks compute at inference (listed below with the reason).
 _UNET_FIXED = {"center_input_sample": False, "flip_sin_to_cos": True, "freq_shift": 0, "downsample_padding": 1,
                "mid_block_scale_factor": 1, "act_fn": "silu", "norm_eps": 1e-5, "only_cross_attention": False,
                "dual_cross_attention": False, "class_embed_type": None, "addition_embed_type": None,
@@ -226,6 +228,20 @@ _UNET_FIXED = {"center_input_sample": False, "flip_sin_to_cos": True, "freq_shif
                "reverse_transformer_layers_per_block": None}
 _VAE_FIXED = {"act_fn": "silu", "use_quant_conv": True, "use_post_quant_conv": True, "mid_block_add_attention": True,
               "shift_factor": None, "latents_mean": None, "latents_std": None}
+_TEXT_FIXED = {"architectures": ["CLIPTextModel"], "model_type": "clip_text_model"}
+# Ignored keys: `dropout`, `attention_dropout`, `initializer_range`, `initializer_factor` act only in training;
+# `addition_embed_type_num_heads` only with an addition embedding (refused above); `force_upcast` is diffusers'
+# advice to run the VAE in float32 under float16, not an architecture; `sample_size` and `scaling_factor` go
+# into the ModelSpec (diffusers_folder.read_spec); `projection_dim` belongs to CLIPTextModelWithProjection,
+# which is refused; `bos/eos/pad_token_id` only choose transformers' pooled output, which the UNet never reads.
+CLASS_NAMES = {"unet": "UNet2DConditionModel", "vae": "AutoencoderKL"}
+CLIP_VOCAB_SIZE = 49408          # clip.Tokenizer's table: its ids run up to 49407
+CLIP_CONTEXT_LENGTH = 77         # clip.Tokenizer frames every prompt in 77 positions
+
+
+def _refuse(file, name: str, value, supported: str):
+    raise UnsupportedModelError(f"{file}: {name}={value!r}, which this implementation does not have; "
+                                f"supported: {supported}")
 
 
 def _check_fixed(config: dict, fixed: dict, file) -> None:
@@ -235,6 +251,12 @@ def _check_fixed(config: dict, fixed: dict, file) -> None:
             f"{file}: sets {', '.join(f'{k}={v!r}' for k, v in wrong.items())}, which this implementation does not "
             f"have (it implements the Stable Diffusion 1.x/2.x text-to-image networks, where these are "
             f"{', '.join(f'{k}={fixed[k]!r}' for k in wrong)})")
+
+
+def _check_class(config: dict, part: str, file) -> None:
+    name = config.get("_class_name", CLASS_NAMES[part])
+    if name != CLASS_NAMES[part]:
+        _refuse(file, "_class_name", name, f"{CLASS_NAMES[part]!r} (the SD 1.x/2.x {part})")
 
 
 def _uniform(value, levels: int, name: str, file):
@@ -248,6 +270,7 @@ def _uniform(value, levels: int, name: str, file):
 
 def unet_config_from_diffusers(config: dict, file) -> UNetConfig:
     """diffusers' unet/config.json -> UNetConfig."""
+    _check_class(config, "unet", file)
     _check_fixed(config, _UNET_FIXED, file)
     channels = list(config["block_out_channels"])
     down, up = list(config["down_block_types"]), list(config["up_block_types"])
@@ -257,6 +280,9 @@ def unet_config_from_diffusers(config: dict, file) -> UNetConfig:
                                     "CrossAttnDownBlock2D/DownBlock2D stacks of an SD 1.x/2.x UNet")
     if any(c % channels[0] for c in channels):
         raise UnsupportedModelError(f"{file}: block_out_channels {channels} are not multiples of the first")
+    groups = config.get("norm_num_groups", 32)
+    if groups is None or any(c % groups for c in channels):
+        _refuse(file, "norm_num_groups", groups, f"a group count that divides every block_out_channels {channels}")
     attention_levels = tuple(i for i, d in enumerate(down) if kinds[d])
     # diffusers' `attention_head_dim` counts heads (a historical misnomer); `num_attention_heads` wins if set.
     # A single number is SD 1's fixed head count; a per-level list is SD 2's fixed head width.
@@ -268,10 +294,11 @@ def unet_config_from_diffusers(config: dict, file) -> UNetConfig:
     uniform_width = len(head_dims) == 1 and all(channels[i] % heads[i] == 0 for i in levels)
     if uniform_width and (per_level or len({heads[i] for i in levels}) > 1):
         num_heads, head_dim = None, head_dims.pop()
-    elif len({heads[i] for i in levels}) == 1:
+    elif len({heads[i] for i in levels}) == 1 and all(channels[i] % heads[i] == 0 for i in levels):
         num_heads, head_dim = heads[levels[0]], None
     else:
-        raise UnsupportedModelError(f"{file}: attention heads {heads} are neither one count nor one width per head")
+        _refuse(file, "attention_head_dim", heads, "one head count for every level, or one head width "
+                "(channels / heads) for every level, dividing the channels of each attention level")
     return UNetConfig(
         in_channels=config.get("in_channels", 4), out_channels=config.get("out_channels", 4),
         model_channels=channels[0], channel_mult=tuple(c // channels[0] for c in channels),
@@ -281,36 +308,51 @@ def unet_config_from_diffusers(config: dict, file) -> UNetConfig:
         transformer_depth=_uniform(config.get("transformer_layers_per_block", 1), len(channels),
                                    "transformer_layers_per_block", file),
         use_linear_proj=bool(config.get("use_linear_projection", False)),
-        norm_groups=config.get("norm_num_groups", 32), upcast_attention=bool(config.get("upcast_attention", False)))
+        norm_groups=groups, upcast_attention=bool(config.get("upcast_attention", False)))
 
 
 def vae_config_from_diffusers(config: dict, file) -> AutoencoderConfig:
     """diffusers' vae/config.json -> AutoencoderConfig."""
+    _check_class(config, "vae", file)
     _check_fixed(config, _VAE_FIXED, file)
     channels = list(config["block_out_channels"])
     down, up = set(config.get("down_block_types", [])), set(config.get("up_block_types", []))
     if down - {"DownEncoderBlock2D"} or up - {"UpDecoderBlock2D"} or any(c % channels[0] for c in channels):
         raise UnsupportedModelError(f"{file}: not the KL-f8 autoencoder of SD 1.x/2.x "
                                     f"(blocks {sorted(down | up)}, block_out_channels {channels})")
+    groups = config.get("norm_num_groups", 32)
+    if groups is None or any(c % groups for c in channels):
+        _refuse(file, "norm_num_groups", groups, f"a group count that divides every block_out_channels {channels}")
     return AutoencoderConfig(
         in_channels=config.get("in_channels", 3), out_channels=config.get("out_channels", 3), ch=channels[0],
         ch_mult=tuple(c // channels[0] for c in channels), num_res_blocks=config.get("layers_per_block", 2),
-        z_channels=config.get("latent_channels", 4), embed_dim=config.get("latent_channels", 4),
-        norm_groups=config.get("norm_num_groups", 32))
+        z_channels=config.get("latent_channels", 4), embed_dim=config.get("latent_channels", 4), norm_groups=groups)
 
 
 def text_config_from_transformers(config: dict, file) -> TextConfig:
     """transformers' text_encoder/config.json -> TextConfig.
 
     OpenAI's CLIP (SD 1) uses quick-GELU, OpenCLIP (SD 2) exact GELU: the activation tells
-    which tower, and so which of our two layouts, the folder holds.
+    which tower, and so which of our two layouts, the folder holds. The MLP width is
+    `intermediate_size` (4 x hidden_size in the published towers; None in TextConfig then).
     """
+    _check_fixed(config, _TEXT_FIXED, file)
     width, activation = config["hidden_size"], config.get("hidden_act", "quick_gelu")
     if activation not in ("quick_gelu", "gelu"):
-        raise UnsupportedModelError(f"{file}: hidden_act={activation!r}; CLIP text towers use quick_gelu or gelu")
-    if config.get("intermediate_size", 4 * width) != 4 * width:
-        raise UnsupportedModelError(f"{file}: intermediate_size {config['intermediate_size']} is not 4 x {width}")
-    return TextConfig(layout="sd1" if activation == "quick_gelu" else "sd2", vocab_size=config.get("vocab_size", 49408),
-                      context_length=config.get("max_position_embeddings", 77), width=width,
-                      layers=config["num_hidden_layers"], heads=config["num_attention_heads"], activation=activation,
-                      skip_last_layers=0, layer_norm_eps=config.get("layer_norm_eps", 1e-5))
+        _refuse(file, "hidden_act", activation, "'quick_gelu' (OpenAI CLIP, SD 1) or 'gelu' (OpenCLIP, SD 2)")
+    heads = config["num_attention_heads"]
+    if width % heads:
+        _refuse(file, "num_attention_heads", heads, f"a head count that divides hidden_size={width}")
+    vocab_size = config.get("vocab_size", CLIP_VOCAB_SIZE)
+    if vocab_size != CLIP_VOCAB_SIZE:
+        _refuse(file, "vocab_size", vocab_size, f"{CLIP_VOCAB_SIZE}, the rows of CLIP's token table, which "
+                f"clip.Tokenizer's ids (up to {CLIP_VOCAB_SIZE - 1}) index")
+    context_length = config.get("max_position_embeddings", CLIP_CONTEXT_LENGTH)
+    if context_length < CLIP_CONTEXT_LENGTH:
+        _refuse(file, "max_position_embeddings", context_length,
+                f"at least {CLIP_CONTEXT_LENGTH}, the positions clip.Tokenizer fills for every prompt")
+    mlp_width = config.get("intermediate_size", 4 * width)
+    return TextConfig(layout="sd1" if activation == "quick_gelu" else "sd2", vocab_size=vocab_size,
+                      context_length=context_length, width=width, layers=config["num_hidden_layers"], heads=heads,
+                      activation=activation, skip_last_layers=0, layer_norm_eps=config.get("layer_norm_eps", 1e-5),
+                      mlp_width=None if mlp_width == 4 * width else mlp_width)

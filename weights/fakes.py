@@ -122,7 +122,7 @@ def text_config(spec: ModelSpec) -> dict:
     return {"_name_or_path": "openai/clip-vit-large-patch14" if c.layout == "sd1" else "hf-models/stable-diffusion-v2",
             "architectures": ["CLIPTextModel"], "attention_dropout": 0.0, "bos_token_id": 0, "dropout": 0.0,
             "eos_token_id": 2, "hidden_act": c.activation, "hidden_size": c.width, "initializer_factor": 1.0,
-            "initializer_range": 0.02, "intermediate_size": 4 * c.width, "layer_norm_eps": c.layer_norm_eps,
+            "initializer_range": 0.02, "intermediate_size": c.resolved_mlp_width, "layer_norm_eps": c.layer_norm_eps,
             "max_position_embeddings": c.context_length, "model_type": "clip_text_model",
             "num_attention_heads": c.heads, "num_hidden_layers": c.layers - c.skip_last_layers, "pad_token_id": 1,
             "projection_dim": 768 if c.layout == "sd1" else 512, "torch_dtype": "float32",
