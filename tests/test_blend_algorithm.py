@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import load_golden
+from conftest import assert_matches_golden, in_float64, load_golden, run_in_float64, schedule_in_float64
 
 from blend import blended_latent_diffusion
 from ldm import UNetModel
@@ -23,9 +23,9 @@ def unet():
     return fill_random_(UNetModel(presets.get("tiny").unet), seed=0).eval()
 
 
-def run(unet, values, variant, offset, seed=None, **options):
+def run(unet, values, variant, offset, seed=None, schedule=None, **options):
     steps, start = options.pop("steps", values.get("steps", 50)), options.pop("start", values.get("start", 0.25))
-    sampler = DDIMSampler(NoiseSchedule.scaled_linear(), steps, offset=offset)
+    sampler = DDIMSampler(schedule or NoiseSchedule.scaled_linear(), steps, offset=offset)
     generator = torch.Generator().manual_seed(values.get("seed", 0) if seed is None else seed)
     with torch.no_grad():
         return blended_latent_diffusion(unet, sampler, values["z_init"], values["mask"], values["cond"],
@@ -43,14 +43,17 @@ def inputs(mask_value: float | None = None) -> dict:
 
 @pytest.mark.parametrize("variant, offset", [("official", 0), ("paper", 1)])
 def test_blend_variant_matches_golden_diffusers_loop(unet, variant, offset):
-    # The stored loops ran on another machine (or thread count): the network's float sums may differ in
-    # their last bits, so this compares with the golden harness's tolerance; the next test is bit-exact.
+    """The stored loop ran on another machine, whose float32 kernels round differently, and 38 guided steps
+    amplify rounding: the output is held to conftest.assert_matches_golden's bound, from our loop's float32
+    error (measured against the same loop in float64, with the same float32 noise) and the reference's
+    (stored by the fixture). The next test is bit-exact, in this process."""
     golden = load_golden(f"blend_{variant}_loop")
     sampler = DDIMSampler(NoiseSchedule.scaled_linear(), golden["steps"], offset=offset)
     assert [int(t) for t in sampler.timesteps[int(golden["steps"] * golden["start"]):]] == golden["timesteps"]
-    expected = golden["output"]
-    torch.testing.assert_close(run(unet, golden, variant, offset), expected,
-                               rtol=1e-5, atol=1e-5 * expected.abs().max().item())
+    values64 = dict(golden, **{k: golden[k].double() for k in ("z_init", "mask", "cond", "uncond")})
+    schedule64 = schedule_in_float64(NoiseSchedule.scaled_linear())
+    ours64 = run_in_float64(lambda: run(in_float64(unet), values64, variant, offset, schedule=schedule64))
+    assert_matches_golden(golden, "output", run(unet, golden, variant, offset), ours64)
 
 
 @pytest.mark.reference

@@ -17,10 +17,9 @@ from clip import (CLIP_MEAN, CLIP_STD, IMAGE_CONFIGS, CLIPModel, ImageConfig, Im
                   preprocess)
 from clip.model import TEXT_CONFIGS
 from clip.preprocess import resize_bicubic
-from conftest import load_golden, max_relative_error
+from conftest import assert_matches_golden, in_float64, load_golden, max_relative_error
 from weights import fill_random_
 
-FP32_BOUND = 1e-5
 NAMES = {"rank_tiny": "tiny", "rank_vit_b16": "ViT-B/16", "rank_vit_l14": "ViT-L/14"}
 
 
@@ -39,22 +38,34 @@ def golden_pixels(golden: dict, config: ImageConfig) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------- parity
+# Each float32 output is held to conftest.assert_matches_golden's bound: twice the sum of the two float32
+# errors (ours, measured against float64 copies of the towers; the reference's, stored by the fixture).
+def features_and_cosine(image: ImageEncoder, text: TextEncoder, pixels: torch.Tensor, ids: torch.Tensor) -> dict:
+    image_features, text_features = image(pixels), text.pooled_embedding(ids)   # the tower casts pixels to its dtype
+    cosine = F.normalize(image_features, dim=-1) @ F.normalize(text_features, dim=-1).T
+    return {"image_features": image_features, "text_features": text_features, "cosine": cosine}
+
+
+def check_pair(golden: dict, image: ImageEncoder, text: TextEncoder, pixels: torch.Tensor, names) -> dict:
+    ours = features_and_cosine(image, text, pixels, golden["ids"])
+    ours64 = features_and_cosine(in_float64(image), in_float64(text), pixels, golden["ids"])
+    for name, ours_name in names.items():
+        assert_matches_golden(golden, name, ours[ours_name], ours64[ours_name])
+
+
 @torch.no_grad()
 def test_tiny_image_tower_matches_transformers_clip_vision_model_with_projection_fp32():
     golden = load_golden("rank_tiny")
-    image, _ = towers(golden)
-    assert max_relative_error(image(golden["pixels"]), golden["image_embeds"]) <= FP32_BOUND
+    image, text = towers(golden)
+    check_pair(golden, image, text, golden["pixels"], {"image_embeds": "image_features"})
 
 
 @torch.no_grad()
 def test_tiny_pair_features_and_cosine_match_transformers_clip_model_fp32():
     golden = load_golden("rank_tiny")
     image, text = towers(golden)
-    image_features, text_features = image(golden["pixels"]), text.pooled_embedding(golden["ids"])
-    assert max_relative_error(image_features, golden["image_features"]) <= FP32_BOUND
-    assert max_relative_error(text_features, golden["text_features"]) <= FP32_BOUND
-    cosine = F.normalize(image_features, dim=-1) @ F.normalize(text_features, dim=-1).T
-    assert max_relative_error(cosine, golden["cosine"]) <= FP32_BOUND
+    check_pair(golden, image, text, golden["pixels"],
+               {"image_features": "image_features", "text_features": "text_features", "cosine": "cosine"})
 
 
 @pytest.mark.slow
@@ -63,13 +74,11 @@ def test_vit_b16_image_and_text_towers_match_transformers_clip_model_fp32():
     golden = load_golden("rank_vit_b16")
     image, text = towers(golden)
     assert (image.config, text.config) == (IMAGE_CONFIGS["ViT-B/16"], TEXT_CONFIGS["ViT-B/16"])
-    embedding = image(golden_pixels(golden, image.config))
-    assert max_relative_error(embedding, golden["image_embeds"]) <= FP32_BOUND       # CLIPVisionModelWithProjection
-    assert max_relative_error(embedding, golden["image_features"]) <= FP32_BOUND     # CLIPModel.get_image_features
-    text_features = text.pooled_embedding(golden["ids"])
-    assert max_relative_error(text_features, golden["text_features"]) <= FP32_BOUND  # CLIPModel.get_text_features
-    cosine = F.normalize(embedding, dim=-1) @ F.normalize(text_features, dim=-1).T
-    assert max_relative_error(cosine, golden["cosine"]) <= FP32_BOUND
+    check_pair(golden, image, text, golden_pixels(golden, image.config),
+               {"image_embeds": "image_features",        # CLIPVisionModelWithProjection
+                "image_features": "image_features",      # CLIPModel.get_image_features
+                "text_features": "text_features",        # CLIPModel.get_text_features
+                "cosine": "cosine"})
 
 
 @pytest.mark.slow
@@ -78,9 +87,11 @@ def test_vit_l14_image_tower_and_projected_sd1_text_tower_match_transformers_fp3
     golden = load_golden("rank_vit_l14")
     image, text = towers(golden)
     assert (image.config, text.config) == (IMAGE_CONFIGS["ViT-L/14"], TEXT_CONFIGS["ViT-L/14"])
-    assert max_relative_error(image(golden_pixels(golden, image.config)), golden["image_embeds"]) <= FP32_BOUND
+    pixels = golden_pixels(golden, image.config)
+    assert_matches_golden(golden, "image_embeds", image(pixels), in_float64(image)(pixels))
     del image
-    assert max_relative_error(text.pooled_embedding(golden["ids"]), golden["text_embeds"]) <= FP32_BOUND
+    ids = golden["ids"]
+    assert_matches_golden(golden, "text_embeds", text.pooled_embedding(ids), in_float64(text).pooled_embedding(ids))
 
 
 # fp16 has a unit roundoff of 4.9e-4; on CPU the tiny tower in fp16 gave 1.0e-3. As for the text towers,

@@ -35,11 +35,16 @@ def inputs() -> dict:
                 cond=torch.randn(1, 77, 32, generator=generator), uncond=torch.randn(1, 77, 32, generator=generator))
 
 
-def diffusers_ddim(steps_offset: int):
+def diffusers_ddim(steps_offset: int, dtype=torch.float32):
+    """SD's DDIMScheduler. In a float64 run its ᾱ table is cast to float64 too, so that the square roots
+    of a step are taken in float64 and the run measures their float32 rounding (make_fixtures.py)."""
     from diffusers import DDIMScheduler
     scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
                               clip_sample=False, set_alpha_to_one=False, steps_offset=steps_offset)
     scheduler.set_timesteps(STEPS)
+    if dtype == torch.float64:
+        scheduler.alphas_cumprod = scheduler.alphas_cumprod.to(dtype)
+        scheduler.final_alpha_cumprod = scheduler.final_alpha_cumprod.to(dtype)
     return scheduler
 
 
@@ -57,7 +62,7 @@ def run_official_loop(unet, z_init, mask, cond, uncond, generator, guidance_scal
 
     Returns (z_0, the timesteps run). benchmarks/versus_diffusers.py times it on diffusers' UNet.
     """
-    scheduler = diffusers_ddim(steps_offset=0)  # the script sets no steps_offset
+    scheduler = diffusers_ddim(steps_offset=0, dtype=z_init.dtype)  # the script sets no steps_offset
 
     def draw_noise():  # every draw from `generator`, shaped like z_init (the script: torch.randn_like)
         return torch.randn(z_init.shape, generator=generator, device=z_init.device, dtype=z_init.dtype)
@@ -73,19 +78,19 @@ def run_official_loop(unet, z_init, mask, cond, uncond, generator, guidance_scal
     return latents, timesteps
 
 
-def official_loop() -> dict:
+def official_loop(dtype=torch.float32) -> dict:
     values = inputs()
+    z_init, mask, cond, uncond = (values[k].to(dtype) for k in ("z_init", "mask", "cond", "uncond"))
     generator = torch.Generator().manual_seed(SEED)
-    latents, timesteps = run_official_loop(tiny_unet(), values["z_init"], values["mask"], values["cond"],
-                                           values["uncond"], generator)
+    latents, timesteps = run_official_loop(tiny_unet().to(dtype), z_init, mask, cond, uncond, generator)
     return dict(values, output=latents, seed=SEED, steps=STEPS, guidance_scale=GUIDANCE, start=START,
                 timesteps=[int(t) for t in timesteps])
 
 
-def paper_loop() -> dict:
+def paper_loop(dtype=torch.float32) -> dict:
     values = inputs()
-    z_init, mask, cond, uncond = values["z_init"], values["mask"], values["cond"], values["uncond"]
-    unet, scheduler = tiny_unet(), diffusers_ddim(steps_offset=1)  # SD's published scheduler config
+    z_init, mask, cond, uncond = (values[k].to(dtype) for k in ("z_init", "mask", "cond", "uncond"))
+    unet, scheduler = tiny_unet().to(dtype), diffusers_ddim(steps_offset=1, dtype=dtype)  # SD's published config
     generator = torch.Generator().manual_seed(SEED)
     timesteps = scheduler.timesteps[int(len(scheduler.timesteps) * START):]
     latents = scheduler.add_noise(z_init, torch.randn(z_init.shape, generator=generator), timesteps[:1])

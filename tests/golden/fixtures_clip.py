@@ -265,17 +265,17 @@ SD2_FULL = TextConfig(layout="sd2", width=1024, layers=24, heads=16, activation=
 PROMPTS = ["a photo of a cat", ""]
 
 
-def _sd1_fixture(config: TextConfig, projection_dim: int | None):
+def _sd1_fixture(config: TextConfig, projection_dim: int | None, dtype=torch.float32):
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
     ids = _ids_for_towers(PROMPTS if projection_dim else PROMPTS[:1], pad_id=EOS)   # fewer rows at full size
     ours = _ours(dataclasses.replace(config, projection_dim=projection_dim))
     state = ours.state_dict()
-    out = reference_sd1_text_encoder(ours)(input_ids=ids)
+    out = reference_sd1_text_encoder(ours).to(dtype)(input_ids=ids)
     values = {"config": dataclasses.asdict(config), "seed": SEED, "ids": ids,
               "context": out.last_hidden_state, "pooled": out.pooler_output}
     if projection_dim is not None:
         with_projection = _strict_load(
-            CLIPTextModelWithProjection(_clip_text_config(config, config.layers, projection_dim)), state)
+            CLIPTextModelWithProjection(_clip_text_config(config, config.layers, projection_dim)), state).to(dtype)
         values["projection_dim"] = projection_dim
         values["text_embeds"] = with_projection(input_ids=ids).text_embeds
     with torch.device("meta"):
@@ -285,14 +285,14 @@ def _sd1_fixture(config: TextConfig, projection_dim: int | None):
     return values
 
 
-def clip_sd1_tiny():
+def clip_sd1_tiny(dtype=torch.float32):
     """The tiny preset's SD 1 tower (plus a 24-wide projection) vs CLIPTextModel(+WithProjection)."""
-    return _sd1_fixture(SD1_TINY, projection_dim=24)
+    return _sd1_fixture(SD1_TINY, projection_dim=24, dtype=dtype)
 
 
-def clip_sd1_full():
+def clip_sd1_full(dtype=torch.float32):
     """OpenAI ViT-L/14 text tower (SD 1.x) vs CLIPTextModel: context and pooled output."""
-    return _sd1_fixture(SD1_FULL, projection_dim=None)
+    return _sd1_fixture(SD1_FULL, projection_dim=None, dtype=dtype)
 
 
 def _open_clip_model(config: TextConfig, on_meta: bool = False):
@@ -311,7 +311,7 @@ def _open_clip_text_keys(model) -> dict:
     return {k: v for k, v in _key_shapes(model.state_dict()).items() if not k.startswith("visual.")}
 
 
-def _diffusers_sd2_context(ours: TextEncoder, ids: torch.Tensor, config: TextConfig) -> torch.Tensor:
+def _diffusers_sd2_context(ours: TextEncoder, ids: torch.Tensor, config: TextConfig, dtype=torch.float32):
     """SD 2's context as diffusers computes it from a single file: convert_open_clip_checkpoint -> CLIPTextModel."""
     from diffusers.loaders.single_file_utils import SD_2_TEXT_ENCODER_KEYS_TO_IGNORE, convert_open_clip_checkpoint
     from transformers import CLIPTextModel
@@ -323,10 +323,10 @@ def _diffusers_sd2_context(ours: TextEncoder, ids: torch.Tensor, config: TextCon
     reference = CLIPTextModel(_clip_text_config(config, kept_layers))
     converted = convert_open_clip_checkpoint(reference, checkpoint)
     _strict_load(reference, _strip_text_model_prefix(converted))
-    return reference(input_ids=ids).last_hidden_state
+    return reference.to(dtype)(input_ids=ids).last_hidden_state
 
 
-def clip_sd2_tiny():
+def clip_sd2_tiny(dtype=torch.float32):
     """A tiny OpenCLIP-style tower (3 blocks, context from block 2) vs diffusers/transformers and open_clip."""
     from diffusers.loaders.single_file_utils import convert_open_clip_checkpoint
     from transformers import CLIPTextModelWithProjection
@@ -334,19 +334,19 @@ def clip_sd2_tiny():
     ids = _ids_for_towers(PROMPTS, pad_id=0)
     ours = _ours(config)
     values = {"config": dataclasses.asdict(config), "seed": SEED, "ids": ids,
-              "context": _diffusers_sd2_context(ours, ids, config)}
+              "context": _diffusers_sd2_context(ours, ids, config, dtype)}
 
     # CLIP's text embedding through transformers: all blocks and the projection. The "model." prefix keeps
     # these keys clear of diffusers' ignore list, so that the converter also maps text_projection (transposed).
     with_projection = CLIPTextModelWithProjection(_clip_text_config(config, config.layers, config.projection_dim))
     converted = convert_open_clip_checkpoint(with_projection, {"model." + k: v for k, v in ours.state_dict().items()},
                                              prefix="model.")
-    values["text_embeds"] = _strict_load(with_projection, converted)(input_ids=ids).text_embeds
+    values["text_embeds"] = _strict_load(with_projection, converted).to(dtype)(input_ids=ids).text_embeds
 
     # open_clip itself: the class SD 2's FrozenOpenCLIPEmbedder wraps, and its forward with layer="penultimate".
     model = _open_clip_model(config)
     visual = {k: v for k, v in model.state_dict().items() if k.startswith("visual.")}
-    _strict_load(model, {**ours.state_dict(), **visual})
+    _strict_load(model, {**ours.state_dict(), **visual}).to(dtype)
     x = model.token_embedding(ids) + model.positional_embedding
     for block in model.transformer.resblocks[:config.layers - config.skip_last_layers]:
         x = block(x, attn_mask=model.attn_mask)
@@ -356,7 +356,7 @@ def clip_sd2_tiny():
     return values
 
 
-def clip_sd2_full():
+def clip_sd2_full(dtype=torch.float32):
     """OpenCLIP ViT-H/14 text tower (SD 2.x): penultimate block + ln_final vs diffusers' 23-layer CLIPTextModel."""
     config = SD2_FULL
     official = _open_clip_package().get_model_config("ViT-H-14")
@@ -365,7 +365,7 @@ def clip_sd2_full():
     ids = _ids_for_towers(PROMPTS[:1], pad_id=0)
     ours = _ours(config)
     values = {"config": dataclasses.asdict(config), "seed": SEED, "ids": ids,
-              "context": _diffusers_sd2_context(ours, ids, config)}
+              "context": _diffusers_sd2_context(ours, ids, config, dtype)}
     values["published_keys"] = _open_clip_text_keys(_open_clip_model(config, on_meta=True))
     return values
 

@@ -5,6 +5,8 @@ weights to diffusers' layout with diffusers' own converters (`convert_ldm_unet_c
 `convert_ldm_vae_checkpoint`), loads them into the diffusers model (strict), runs it on seeded inputs and
 stores inputs and outputs. Inputs are drawn in float32, rounded to float16 and stored as float16, so
 the files stay small and every test feeds both implementations exactly the same float32 values.
+Each fixture also runs in float64 (the `dtype` argument, driven by make_fixtures.py), which measures
+the float32 error of every stored output.
 
 The full-size fixtures also store `published_keys`, {key: shape} of the published single-file layout
 (prefix removed), derived from the *reference*, not from our model: diffusers' own state dict renamed by
@@ -111,14 +113,15 @@ def published_unet_keys(c: UNetConfig) -> dict:
     return {k: list(v.shape) for k, v in sorted(published.items())}
 
 
-def unet_fixture(preset: str, seed: int, height: int, width: int, tokens: int = 7, keys: bool = False) -> dict:
+def unet_fixture(preset: str, seed: int, height: int, width: int, tokens: int = 7, keys: bool = False,
+                 dtype=torch.float32) -> dict:
     config = presets.get(preset).unet
-    reference = reference_unet(random_model(UNetModel, config, seed))
+    reference = reference_unet(random_model(UNetModel, config, seed)).to(dtype)
     generator = torch.Generator().manual_seed(seed)
     x = torch.randn(len(TIMESTEPS), config.in_channels, height, width, generator=generator).half()
     context = torch.randn(len(TIMESTEPS), tokens, config.context_dim, generator=generator).half()
     timesteps = torch.tensor(TIMESTEPS)
-    output = reference(x.float(), timesteps, encoder_hidden_states=context.float()).sample
+    output = reference(x.to(dtype), timesteps, encoder_hidden_states=context.to(dtype)).sample
     values = {"x": x, "timesteps": timesteps, "context": context, "output": output, "seed": seed, "preset": preset}
     if keys:
         values["published_keys"] = published_unet_keys(config)
@@ -193,28 +196,32 @@ def published_vae_keys(c: AutoencoderConfig) -> dict:
     return {k: list(v.shape) for k, v in sorted(published.items())}
 
 
-def vae_fixture(preset: str, seed: int, batch: int, height: int, width: int, keys: bool = False) -> dict:
+def vae_fixture(preset: str, seed: int, batch: int, height: int, width: int, keys: bool = False,
+                dtype=torch.float32) -> dict:
     config = presets.get(preset).vae
-    reference = reference_vae(random_model(AutoencoderKL, config, seed))
+    reference = reference_vae(random_model(AutoencoderKL, config, seed)).to(dtype)
     generator = torch.Generator().manual_seed(seed)
     image = (2 * torch.rand(batch, config.in_channels, height, width, generator=generator) - 1).half()
     # unscaled latents of realistic size: SD's z · 0.18215 has about unit variance
     z = (torch.randn(batch, config.embed_dim, height // 8, width // 8, generator=generator) / 0.18215).half()
-    posterior = reference.encode(image.float()).latent_dist
+    posterior = reference.encode(image.to(dtype)).latent_dist
     values = {
         "image": image, "mean": posterior.mean, "logvar": posterior.logvar,
         "sample": posterior.sample(generator=torch.Generator().manual_seed(seed + 1)), "sample_seed": seed + 1,
-        "z": z, "decoded": reference.decode(z.float()).sample, "seed": seed, "preset": preset,
+        "z": z, "decoded": reference.decode(z.to(dtype)).sample, "seed": seed, "preset": preset,
     }
     if keys:
         values["published_keys"] = published_vae_keys(config)
     return values
 
 
-FIXTURES = {
-    "ldm_unet_tiny": lambda: unet_fixture("tiny", seed=11, height=16, width=24),
-    "ldm_unet_sd15": lambda: unet_fixture("sd-1.5", seed=12, height=16, width=24, keys=True),
-    "ldm_unet_sd21_base": lambda: unet_fixture("sd-2.1-base", seed=13, height=16, width=24, keys=True),
-    "ldm_vae_tiny": lambda: vae_fixture("tiny", seed=14, batch=2, height=40, width=48),
-    "ldm_vae_sd": lambda: vae_fixture("sd-1.5", seed=15, batch=1, height=40, width=48, keys=True),
+FIXTURES = {   # each runs in float32 (stored) and float64 (for the float32 errors, see make_fixtures.py)
+    "ldm_unet_tiny": lambda dtype=torch.float32: unet_fixture("tiny", seed=11, height=16, width=24, dtype=dtype),
+    "ldm_unet_sd15": lambda dtype=torch.float32: unet_fixture("sd-1.5", seed=12, height=16, width=24, keys=True,
+                                                             dtype=dtype),
+    "ldm_unet_sd21_base": lambda dtype=torch.float32: unet_fixture("sd-2.1-base", seed=13, height=16, width=24,
+                                                                  keys=True, dtype=dtype),
+    "ldm_vae_tiny": lambda dtype=torch.float32: vae_fixture("tiny", seed=14, batch=2, height=40, width=48, dtype=dtype),
+    "ldm_vae_sd": lambda dtype=torch.float32: vae_fixture("sd-1.5", seed=15, batch=1, height=40, width=48, keys=True,
+                                                         dtype=dtype),
 }

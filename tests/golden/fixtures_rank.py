@@ -108,61 +108,63 @@ def text_tower(config: TextConfig) -> TextEncoder:
     return fill_random_(TextEncoder(config), TEXT_SEED).eval()
 
 
-def _vision_reference(image: ImageConfig, ours: ImageEncoder, x: torch.Tensor) -> torch.Tensor:
+def _vision_reference(image: ImageConfig, ours: ImageEncoder, x: torch.Tensor, dtype=torch.float32):
     from transformers import CLIPVisionModelWithProjection
-    reference = strict_load(CLIPVisionModelWithProjection(vision_config(image)), ours.state_dict())
-    return reference(pixel_values=x).image_embeds
+    reference = strict_load(CLIPVisionModelWithProjection(vision_config(image)), ours.state_dict()).to(dtype)
+    return reference(pixel_values=x.to(dtype)).image_embeds
 
 
-def _pair_fixture(name: str, pixel_count: int, store_pixels: bool) -> dict:
+def _pair_fixture(name: str, pixel_count: int, store_pixels: bool, dtype=torch.float32) -> dict:
     """Both towers of `name` vs CLIPVisionModelWithProjection and CLIPModel."""
     image, text = IMAGE_CONFIGS[name], TEXT_CONFIGS[name]
     ours_image, ours_text = image_tower(image), text_tower(text)
     x, ids = pixels(image, pixel_count), token_ids()
     values = {"image_config": dataclasses.asdict(image), "text_config": dataclasses.asdict(text),
               "seeds": [IMAGE_SEED, TEXT_SEED, PIXEL_SEED], "pixel_count": pixel_count, "ids": ids,
-              "image_embeds": _vision_reference(image, ours_image, x)}
+              "image_embeds": _vision_reference(image, ours_image, x, dtype)}
     if store_pixels:
         values["pixels"] = x
     pair = clip_model(image, text)
     strict_load(pair, {**ours_image.state_dict(), **ours_text.state_dict(), "logit_scale": pair.logit_scale})
-    image_features, text_features = pair.get_image_features(pixel_values=x), pair.get_text_features(input_ids=ids)
+    pair = pair.to(dtype)
+    image_features = pair.get_image_features(pixel_values=x.to(dtype))
+    text_features = pair.get_text_features(input_ids=ids)
     values["image_features"] = image_features.pooler_output if hasattr(image_features, "pooler_output") \
         else image_features
     values["text_features"] = text_features.pooler_output if hasattr(text_features, "pooler_output") \
         else text_features
-    output = pair(pixel_values=x, input_ids=ids)
+    output = pair(pixel_values=x.to(dtype), input_ids=ids)
     values["cosine"] = output.logits_per_image / pair.logit_scale.exp()     # (images, texts)
     values["published_keys"] = key_shapes(pair)
     return values
 
 
-def rank_tiny():
+def rank_tiny(dtype=torch.float32):
     """The tiny pair (2-block ViT on 32 px, 2-block text tower, 24-wide embeddings) vs transformers."""
-    return _pair_fixture("tiny", pixel_count=3, store_pixels=True)
+    return _pair_fixture("tiny", pixel_count=3, store_pixels=True, dtype=dtype)
 
 
-def rank_vit_b16():
+def rank_vit_b16(dtype=torch.float32):
     """OpenAI ViT-B/16 (the official LDM ranker): image tower and text tower with projection vs transformers."""
-    values = _pair_fixture("ViT-B/16", pixel_count=1, store_pixels=False)
+    values = _pair_fixture("ViT-B/16", pixel_count=1, store_pixels=False, dtype=dtype)
     values["open_clip_config"] = open_clip_config("ViT-B-16")
     return values
 
 
-def rank_vit_l14():
+def rank_vit_l14(dtype=torch.float32):
     """OpenAI ViT-L/14: the 24-block image tower vs CLIPVisionModelWithProjection, text embeds, published keys."""
     from transformers import CLIPTextModelWithProjection
     image, text = IMAGE_CONFIGS["ViT-L/14"], TEXT_CONFIGS["ViT-L/14"]
     ours_image = image_tower(image)
     values = {"image_config": dataclasses.asdict(image), "text_config": dataclasses.asdict(text),
               "seeds": [IMAGE_SEED, TEXT_SEED, PIXEL_SEED], "pixel_count": 1,
-              "image_embeds": _vision_reference(image, ours_image, pixels(image, 1))}
+              "image_embeds": _vision_reference(image, ours_image, pixels(image, 1), dtype)}
     del ours_image
     ids = token_ids()[:1]
     ours_text = text_tower(text)
     # transformers 5's CLIPTextModelWithProjection holds the text model as `text_model` with unprefixed inner keys,
     # so the published `text_model.*` names load as they are.
-    reference = strict_load(CLIPTextModelWithProjection(text_config(text)), ours_text.state_dict())
+    reference = strict_load(CLIPTextModelWithProjection(text_config(text)), ours_text.state_dict()).to(dtype)
     values["ids"], values["text_embeds"] = ids, reference(input_ids=ids).text_embeds
     values["published_keys"] = key_shapes(clip_model(image, text, on_meta=True))
     values["open_clip_config"] = open_clip_config("ViT-L-14")

@@ -4,7 +4,8 @@ The config is the one published in the SD repositories' scheduler/scheduler_conf
 scaled_linear betas 0.00085 → 0.012 over 1000 steps, clip_sample False,
 set_alpha_to_one False, steps_offset 1 (0 for the official BLD SD2 script), "leading"
 spacing. The stand-in network predicts the ε (or v) that points at a fixed target
-image plus a little noise, so trajectories stay of order one like real ones.
+image plus a little noise, so trajectories stay of order one like real ones. Both fixtures also run in
+float64 (make_fixtures.py), which measures the float32 error of every stored result.
 """
 import torch
 
@@ -26,21 +27,25 @@ def _scheduler(prediction_type: str, steps_offset: int):
                          prediction_type=prediction_type, timestep_spacing="leading")
 
 
-def ddim_trajectories() -> dict:
+def ddim_trajectories(dtype=torch.float32) -> dict:
     out = {"alphas_cumprod": _scheduler("epsilon", 1).alphas_cumprod.clone()}
     for name, (prediction_type, eta, num_steps, steps_offset) in CASES.items():
         generator = torch.Generator().manual_seed(len(name) * 7919 + num_steps)
         scheduler = _scheduler(prediction_type, steps_offset)
         scheduler.set_timesteps(num_steps)
-        target = torch.randn(2, 4, 4, 4, generator=generator)
-        x = torch.randn(2, 4, 4, 4, generator=generator)
+        if dtype == torch.float64:   # the step's square roots in float64 too, so that the run measures their rounding
+            scheduler.alphas_cumprod = scheduler.alphas_cumprod.to(dtype)
+            scheduler.final_alpha_cumprod = scheduler.final_alpha_cumprod.to(dtype)
+        target = torch.randn(2, 4, 4, 4, generator=generator).to(dtype)
+        x = torch.randn(2, 4, 4, 4, generator=generator).to(dtype)
         out[f"{name}.timesteps"] = scheduler.timesteps.clone()
         out[f"{name}.x_T"] = x.clone()
         for i, t in enumerate(scheduler.timesteps):
             alpha_bar = scheduler.alphas_cumprod[t]
-            eps = (x - alpha_bar.sqrt() * target) / (1 - alpha_bar).sqrt() + 0.1 * torch.randn(x.shape, generator=generator)
+            eps = (x - alpha_bar.sqrt() * target) / (1 - alpha_bar).sqrt() \
+                + 0.1 * torch.randn(x.shape, generator=generator).to(dtype)
             output = eps if prediction_type == "epsilon" else alpha_bar.sqrt() * eps - (1 - alpha_bar).sqrt() * target
-            noise = torch.randn(x.shape, generator=generator)
+            noise = torch.randn(x.shape, generator=generator).to(dtype)
             result = scheduler.step(output, t, x, eta=eta, variance_noise=noise if eta > 0 else None)
             out[f"{name}.{i}.model_output"] = output
             if eta > 0:
@@ -51,14 +56,14 @@ def ddim_trajectories() -> dict:
     return out
 
 
-def add_noise() -> dict:
+def add_noise(dtype=torch.float32) -> dict:
     """diffusers' `add_noise`, which is q(z_t | z_0) sampled with given noise."""
     generator = torch.Generator().manual_seed(3)
     scheduler = _scheduler("epsilon", 1)
     z0 = torch.randn(5, 4, 8, 8, generator=generator)
     noise = torch.randn(5, 4, 8, 8, generator=generator)
     t = torch.tensor([0, 1, 499, 981, 999])
-    return {"z0": z0, "noise": noise, "t": t, "z_t": scheduler.add_noise(z0, noise, t)}
+    return {"z0": z0, "noise": noise, "t": t, "z_t": scheduler.add_noise(z0.to(dtype), noise.to(dtype), t)}
 
 
 FIXTURES = {"samplers_ddim": ddim_trajectories, "samplers_add_noise": add_noise}

@@ -15,9 +15,16 @@ returns both kinds.
     python tests/golden/make_fixtures.py --only ddim     # names containing "ddim"
     python tests/golden/make_fixtures.py --check         # regenerate in memory and compare
 
---check fails when a fixture is missing, has other keys, shapes or dtypes, or differs by
-more than rtol 1e-5 / atol 1e-5·max|stored| (re-running the same code on another machine
-moves only the last bits of float sums).
+Each fixture function that takes a `dtype` runs twice: in float32 (what is stored) and in float64
+with the same float32 noise (tests/golden/precision.py). Every result that the two runs compute
+differently gets a "<name>.float32_error" = max|float32 − float64| beside it: the reference's own
+rounding error on the machine that made the fixture, which the tests' bounds are derived from.
+
+--check fails when a fixture is missing or has other keys, shapes or dtypes; when an input, or a
+result that is exact in float32, differs at all; or when a result with a measured float32 error
+differs by more than precision.golden_bound allows: 2·(e_now + e_stored) + u·max|stored|, the two
+machines' own measured errors (see precision.py for the derivation). The measured errors themselves
+are not compared: they are properties of the machine that measured them.
 """
 import argparse
 import json
@@ -27,12 +34,17 @@ import time
 from importlib import metadata
 from pathlib import Path
 
+import inspect
+
 import torch
 from safetensors.torch import load_file, save_file
 
 HERE = Path(__file__).resolve().parent
 DATA = HERE / "data"
 sys.path.insert(0, str(HERE.parent.parent))  # the repository root, for `weights`, `ldm`, ...
+sys.path.insert(0, str(HERE))                # precision.py
+
+from precision import ERROR_SUFFIX, add_float32_errors, float32_draws, golden_bound  # noqa: E402
 REFERENCES = ("torch", "diffusers", "transformers", "open_clip_torch")
 
 
@@ -59,6 +71,16 @@ def versions() -> dict:
     return found
 
 
+def run(function) -> dict:
+    """The fixture's values, with the float32 errors of its results when it can run in float64."""
+    values = function()
+    if "dtype" not in inspect.signature(function).parameters:
+        return values
+    with float32_draws():
+        values64 = function(dtype=torch.float64)
+    return add_float32_errors(values, values64)
+
+
 def split(values: dict):
     """({name: tensor}, {"json.<name>": json text}) from a fixture function's result."""
     tensors = {k: v.detach().cpu().contiguous() for k, v in values.items() if isinstance(v, torch.Tensor)}
@@ -78,16 +100,20 @@ def compare(name: str, new: dict, old: dict) -> list:
         problems.append(f"{name}: keys differ: only new {sorted(set(new) - set(old))}, only stored {sorted(set(old) - set(new))}")
     for key in sorted(set(new) & set(old)):
         a, b = new[key], old[key]
+        if key.endswith(ERROR_SUFFIX):
+            continue                    # a measurement of the machine that made it, not a value to reproduce
         if a.shape != b.shape or a.dtype != b.dtype:
             problems.append(f"{name}/{key}: {tuple(a.shape)} {a.dtype} now, {tuple(b.shape)} {b.dtype} stored")
-        elif a.is_floating_point():
-            scale = b.abs().max().item() if b.numel() else 0.0
-            try:
-                torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5 * max(scale, 1e-12))
-            except AssertionError as error:
-                problems.append(f"{name}/{key}: {str(error).splitlines()[0]} {str(error).splitlines()[2:4]}")
+        elif key + ERROR_SUFFIX in new and key + ERROR_SUFFIX in old:
+            difference = (a.double() - b.double()).abs().max().item()
+            bound = golden_bound(b, old[key + ERROR_SUFFIX].item(), new[key + ERROR_SUFFIX].item())
+            if difference > bound:
+                problems.append(f"{name}/{key}: differs by {difference:.3g}, more than float32 rounding explains "
+                                f"({bound:.3g} = 2·(e_now {new[key + ERROR_SUFFIX].item():.3g} + e_stored "
+                                f"{old[key + ERROR_SUFFIX].item():.3g}) + u·max)")
         elif not torch.equal(a, b):
-            problems.append(f"{name}/{key}: integer values differ")
+            problems.append(f"{name}/{key}: differs, and it is an input or an exact result "
+                            f"(max difference {(a.double() - b.double()).abs().max().item():.3g})")
     return problems
 
 
@@ -104,7 +130,7 @@ def main() -> int:
     problems = []
     for name, function in fixtures.items():
         started = time.perf_counter()
-        tensors, documents = split(function())
+        tensors, documents = split(run(function))
         path = DATA / f"{name}.safetensors"
         if args.check:
             if not path.exists():
