@@ -21,7 +21,7 @@ ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
 
 
 def read(name: str):
-    import nbformat
+    nbformat = pytest.importorskip("nbformat", reason="needs the notebooks extra (`pip install -e .[notebooks]`)")
     return nbformat.read(NOTEBOOKS / name, as_version=4)
 
 
@@ -52,6 +52,8 @@ def test_notebook_real_weights_cells_are_off_by_default(name):
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ALL)
 def test_notebook_runs_top_to_bottom_offline(name, monkeypatch):
+    pytest.importorskip("nbclient", reason="needs the notebooks extra (`pip install -e .[notebooks]`)")
+    pytest.importorskip("matplotlib", reason="the notebooks plot with matplotlib (the notebooks extra)")
     from nbclient import NotebookClient
     from nbclient.exceptions import CellExecutionError
 
