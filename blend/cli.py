@@ -106,6 +106,8 @@ def run(args: argparse.Namespace) -> int:
             output = ResultFolder(wanted)
         except OSError as error:
             problem = unwritable_message(wanted, error, given=bool(args.out))
+        else:
+            problem = space_problem(output, result_bytes(image.size, args.samples), given=bool(args.out))
     if problem is not None:
         print(f"error: {problem}", file=sys.stderr)
         return 2
@@ -244,6 +246,30 @@ def unwritable_message(wanted: Path, error: OSError, given: bool) -> str:
     else:
         why = f"{error.strerror or error} ({place})"
     return f"{where}: cannot create the output folder: {why}; choose another " + ("--out" if given else "with --out")
+
+
+def result_bytes(image_size: tuple, num_samples: int, grid_height: int = 512) -> int:
+    """An upper estimate of what a run writes: each result and grid.png as uncompressed RGB, plus 1%
+    (a PNG of noise is slightly larger than its pixels) and 1 MiB for headers and ranking.txt."""
+    width, height = image_size
+    tile_height = min(grid_height, height)
+    tile_width = round(width * tile_height / height)
+    pixels = num_samples * width * height + (num_samples + 2) * tile_width * tile_height
+    return int(3 * pixels * 1.01) + 2**20
+
+
+def space_problem(output: "ResultFolder", needed: int, given: bool) -> str | None:
+    """Why the results will not fit on the disk that holds the output folder, or None."""
+    free = shutil.disk_usage(output.temporary).free
+    if free >= needed:
+        output_problem = None
+    else:
+        output.discard()
+        where = f"--out {output.wanted}" if given else f"the output folder {output.wanted}"
+        output_problem = (f"{where}: its disk has {free / 2**20:.1f} MiB free, and the results need up to "
+                          f"{needed / 2**20:.1f} MiB; free some space or choose another " + ("--out" if given else
+                                                                                            "folder with --out"))
+    return output_problem
 
 
 class ResultFolder:

@@ -18,8 +18,8 @@ and exits with status 2. The ranges:
                      LARGE_SIZE it only warns (memory and time grow quickly past the training size)
     device           cpu, cuda, cuda:N (N below the number of GPUs), mps or xpu, and available here
     model            "toy", a preset name, or an existing file or folder (a missing one is not
-                     looked for on the Hub: only preset names are)
-    rank             a CLIP name (ViT-B/16, ViT-L/14, tiny) or an existing file
+                     looked for on the Hub: only preset names are; "" is refused, not read as ".")
+    rank             a CLIP name (ViT-B/16, ViT-L/14, tiny) or an existing .safetensors file
 
 What needs the network (is a preset's Hub repository reachable, are the files cached?) or the
 weights (does the file hold a model?) is left to the loader.
@@ -95,9 +95,9 @@ def option_problem(*, steps=50, start=0.25, guidance_scale=None, num_samples=1, 
         return (f"{named('model', model)}: neither a model name (toy, {', '.join(presets.NAMES)}) nor an "
                 f"existing file or folder (looked for {Path(model).expanduser().resolve()}); give one of those "
                 f"names, a .safetensors file or a diffusers folder")
-    if rank is not None and not (isinstance(rank, str) and rank in CLIP_NAMES) and not Path(rank).expanduser().is_file():
+    if rank is not None and not (isinstance(rank, str) and rank in CLIP_NAMES) and not _is_safetensors_file(rank):
         return (f"{named('rank', rank)}: neither a CLIP model name ({', '.join(CLIP_NAMES)}) nor an existing "
-                f"file (looked for {Path(rank).expanduser().resolve()}); give one of those names or a "
+                f".safetensors file (looked for {Path(rank).expanduser().resolve()}); give one of those names or a "
                 f"transformers CLIPModel model.safetensors")
     return None
 
@@ -162,7 +162,14 @@ def _steps_offset(model) -> int:
 
 def _is_known_model(model) -> bool:
     from weights import presets
+    if not str(model).strip():
+        return False                      # "" would be the current folder
     return model == "toy" or (isinstance(model, str) and model in presets.NAMES) or Path(model).expanduser().exists()
+
+
+def _is_safetensors_file(path) -> bool:
+    path = Path(path).expanduser()
+    return path.suffix == ".safetensors" and path.is_file()
 
 
 def _is_integer(value) -> bool:

@@ -2,6 +2,7 @@
 import errno
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -214,6 +215,8 @@ def test_cli_image_or_mask_alone_is_refused_not_paired_with_the_example(tmp_path
     (["--device", "meta"], ["--device meta", "cannot run the edit"]),
     (["--model", "no-such-model"], ["--model no-such-model", "neither a model name", "sd-2.1-base"]),
     (["--model", "toy", "--rank", "ViT-Z/99"], ["--rank ViT-Z/99", "ViT-B/16"]),
+    (["--model", ""], ["--model : neither a model name"]),
+    (["--model", "toy", "--rank", str(EXAMPLE_MASK)], [f"--rank {EXAMPLE_MASK}", ".safetensors"]),
 ], ids=lambda value: " ".join(value) if isinstance(value, list) and value[0].startswith("--") else None)
 def test_cli_out_of_range_option_is_refused_with_one_line_before_loading(tmp_path, capsys, no_model_loads,
                                                                          arguments, needed):
@@ -240,6 +243,19 @@ def test_cli_output_folder_under_a_file_is_refused_before_loading(tmp_path, caps
     assert message.count("\n") == 0 and message.startswith(f"error: --out {out}: cannot create the output folder")
     assert f"{tmp_path / 'notes.txt'} is a file, not a folder" in message
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+
+
+def test_cli_disk_without_room_for_the_results_is_refused_before_loading(tmp_path, capsys, monkeypatch,
+                                                                          no_model_loads):
+    # The example writes 4 results of 400x400 and a 6-tile grid: 4.6 MiB as raw RGB. Report 1 MiB free.
+    real_usage = shutil.disk_usage
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: real_usage(path)._replace(free=2**20))
+    out = tmp_path / "run"
+    assert main(["--model", "toy", "--out", str(out)]) == 2
+    message = capsys.readouterr().err.strip()
+    assert message.count("\n") == 0 and message.startswith(f"error: --out {out}: its disk has 1.0 MiB free")
+    assert "free some space or choose another --out" in message
+    assert list(tmp_path.iterdir()) == []                # the hidden folder that probed the place is gone
 
 
 def test_cli_read_only_output_folder_is_refused_before_loading(tmp_path, capsys, monkeypatch, no_model_loads):
