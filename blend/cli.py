@@ -108,6 +108,8 @@ def run(args: argparse.Namespace) -> int:
             problem = unwritable_message(wanted, error, given=bool(args.out))
         else:
             problem = space_problem(output, result_bytes(image.size, args.samples), given=bool(args.out))
+            if problem is not None:
+                output.discard()
     if problem is not None:
         print(f"error: {problem}", file=sys.stderr)
         return 2
@@ -262,14 +264,10 @@ def space_problem(output: "ResultFolder", needed: int, given: bool) -> str | Non
     """Why the results will not fit on the disk that holds the output folder, or None."""
     free = shutil.disk_usage(output.temporary).free
     if free >= needed:
-        output_problem = None
-    else:
-        output.discard()
-        where = f"--out {output.wanted}" if given else f"the output folder {output.wanted}"
-        output_problem = (f"{where}: its disk has {free / 2**20:.1f} MiB free, and the results need up to "
-                          f"{needed / 2**20:.1f} MiB; free some space or choose another " + ("--out" if given else
-                                                                                            "folder with --out"))
-    return output_problem
+        return None
+    where = f"--out {output.wanted}" if given else f"the output folder {output.wanted}"
+    return (f"{where}: its disk has {free / 2**20:.1f} MiB free, and the results need up to {needed / 2**20:.1f} "
+            f"MiB; free some space or choose another " + ("--out" if given else "folder with --out"))
 
 
 class ResultFolder:

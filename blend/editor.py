@@ -32,7 +32,7 @@ from .algorithm import blended_latent_diffusion
 from .errors import EditInputError
 from .images import image_to_tensor, read_image, read_mask, tensor_to_image
 from .masks import resize_mask, threshold_mask
-from .options import option_problem, warn_if_large
+from .options import option_problem, size_multiple_of, warn_if_large
 from .rank import rank as rank_by_clip
 from .reconstruction import finetune_decoder, optimise_latent, paste_background
 from .toy_model import load_toy
@@ -62,13 +62,6 @@ def working_size(image_size: tuple, long_side: int, multiple: int = 64) -> tuple
     """
     scale = long_side / max(image_size)
     return tuple(max(multiple, int(round(side * scale / multiple)) * multiple) for side in image_size)
-
-
-def size_multiple(components) -> int:
-    """What each image side must divide by: the autoencoder's factor times the UNet's (1 for the toy)."""
-    vae_config, unet_config = getattr(components.vae, "config", None), getattr(components.unet, "config", None)
-    vae_factor = 2 ** (len(vae_config.ch_mult) - 1) if vae_config is not None else 1
-    return vae_factor * (unet_config.downsampling_factor if unet_config is not None else 1)
 
 
 @torch.no_grad()
@@ -107,7 +100,7 @@ def edit(image, mask, prompt: str, *, model="sd-2.1-base", steps: int = 50, guid
     model_dtype = next(iter(components.unet.state_dict().values())).dtype
 
     # The working size and the tensors: x in [−1, 1], (1, 3, H, W); the pixel mask (1, 1, H, W).
-    size_wh = working_size(source.size, size or spec.image_size, size_multiple(components))
+    size_wh = working_size(source.size, size or spec.image_size, size_multiple_of(components))
     x = image_to_tensor(source.resize(size_wh, Image.LANCZOS)).to(device)
     m_pixel = torch.from_numpy(np.array(Image.fromarray(pixel_mask).resize(size_wh, Image.NEAREST)))
     m_pixel = threshold_mask(m_pixel[None, None]).to(device)

@@ -136,17 +136,22 @@ def warn_if_large(size) -> None:
 
 
 def size_multiple_of(model) -> int:
-    """What each side of the working image must divide by, from the model's name (see the module docstring)."""
+    """What each side of the working image must divide by, for a model name or loaded components."""
     if not isinstance(model, (str, Path)):
-        from .editor import size_multiple
-        return size_multiple(model)
+        return networks_size_multiple(getattr(model.vae, "config", None), getattr(model.unet, "config", None))
     if model == "toy":
         return 1
     from weights import presets
     if model in presets.NAMES:
         spec = presets.get(model)
-        return 2 ** (len(spec.vae.ch_mult) - 1) * spec.unet.downsampling_factor
+        return networks_size_multiple(spec.vae, spec.unet)
     return CHECKPOINT_SIZE_MULTIPLE
+
+
+def networks_size_multiple(vae_config, unet_config) -> int:
+    """The autoencoder's downsampling factor times the UNet's (1 for a network without a config: the toy's)."""
+    vae_factor = 2 ** (len(vae_config.ch_mult) - 1) if vae_config is not None else 1
+    return vae_factor * (unet_config.downsampling_factor if unet_config is not None else 1)
 
 
 def _steps_offset(model) -> int:
