@@ -1,6 +1,7 @@
 """Blended Latent Diffusion (Avrahami, Fried & Lischinski, SIGGRAPH 2023), read top to bottom:
 
     algorithm.py       Algorithm 1: blended_latent_diffusion (the paper's variant and the official script's)
+    interfaces.py      what the loops take and give: the Denoiser protocol, StepRecord for the per-step callback
     masks.py           pixel mask → latent mask, dilation, the progressive shrinking schedule (§4.3)
     reconstruction.py  background reconstruction (§4.2): decoder fine-tuning, latent optimisation, paste
     toy_model.py       an exact toy model (posterior mean of a dozen photographs) for offline runs
@@ -10,10 +11,11 @@
     editor.py          edit(image, mask, prompt, ...) -> PIL images
     cli.py             python -m blend
 """
-from .algorithm import blended_latent_diffusion
+from .algorithm import VARIANTS, blended_latent_diffusion
 from .editor import EditInputError, edit
+from .interfaces import Denoiser, StepRecord
 from .masks import dilate_mask, resize_mask, shrink_schedule
 from .rank import rank
 
-__all__ = ["blended_latent_diffusion", "edit", "EditInputError", "dilate_mask", "resize_mask", "shrink_schedule",
-           "rank"]
+__all__ = ["blended_latent_diffusion", "VARIANTS", "Denoiser", "StepRecord", "edit", "EditInputError", "dilate_mask",
+           "resize_mask", "shrink_schedule", "rank"]

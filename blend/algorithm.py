@@ -21,20 +21,21 @@ import torch
 
 from samplers import DDIMSampler, guided_model_output
 
-from .masks import masks_for_steps, shrink_schedule
+from .interfaces import Denoiser, StepCallback, StepRecord
+from .masks import masks_for_steps, step_kernel_sizes
 
-VARIANTS = ("paper", "official")
 
-
-def blended_latent_diffusion(unet, sampler: DDIMSampler, z_init: torch.Tensor, mask: torch.Tensor,
-                             cond: torch.Tensor, uncond: torch.Tensor, *, guidance_scale: float,
-                             start: float = 0.25, generator: torch.Generator | None = None,
-                             variant: str = "paper", shrink=False, progress=None) -> torch.Tensor:
+def blended_latent_diffusion(unet: Denoiser, sampler: DDIMSampler, z_init: torch.Tensor, mask: torch.Tensor,
+                             cond, uncond, *, guidance_scale: float, start: float = 0.25,
+                             generator: torch.Generator | None = None, variant: str = "paper", shrink: bool = False,
+                             kernel_sizes: list[int] | None = None,
+                             callback: StepCallback | None = None) -> torch.Tensor:
     """Algorithm 1, lines 3–8: edit z_init inside `mask` (1 = edit) towards the prompt of `cond`.
 
-    unet(z, timesteps, context) -> ε (or v, per `sampler.prediction_type`); z_init: (B, C, h, w),
+    unet(z, timesteps, *cond) -> ε (or v, per `sampler.prediction_type`); z_init: (B, C, h, w),
     one row per sample (expand the source latent to B rows first); mask: (1, 1, h, w) of 0/1;
-    cond, uncond: the contexts of the prompt and of "" (classifier-free guidance, scale w).
+    cond, uncond: what the network takes after (z, t) for the prompt and for "" (a context tensor,
+    or a tuple of tensors), for classifier-free guidance with scale w (samplers.guided_model_output).
 
     k (line 3) is t_k = timesteps[⌊S·start⌋]: the first `start` fraction of the S DDIM steps
     is skipped, and the loop runs over timesteps[⌊S·start⌋:].
@@ -55,22 +56,27 @@ def blended_latent_diffusion(unet, sampler: DDIMSampler, z_init: torch.Tensor, m
     It is reproduced bit for bit given the same generator, with the sampler built as the script
     builds its scheduler: `DDIMSampler(schedule, 50, offset=0)`. The script draws z_bg's noise
     with `torch.randn_like` from the global generator; here every draw comes from `generator`.
+    The other official loops are in their own modules (`LOOPS` lists them).
 
     Draw order, part of the contract: the first noise (z_init's shape), then in each step the
     DDIM noise if sampler.eta > 0, then z_bg's noise (z_init's shape).
 
-    shrink: False (one mask), True (progressive shrinking, paper §4.3: `shrink_schedule`,
-    kernels 7, 5, 3, 1 over four quarters of the steps run), or an explicit list of odd
-    kernel sizes, one per step run. progress: optional wrapper of the timestep iterable.
+    shrink: progressive mask shrinking (paper §4.3: `shrink_schedule`, kernels 7, 5, 3, 1 over
+    four quarters of the steps run); kernel_sizes: an explicit list of odd dilation kernels, one
+    per step run, instead. callback(StepRecord) is called after every step.
     """
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
     if not 0.0 <= start < 1.0:
         raise ValueError(f"start is the fraction of steps to skip, in [0, 1); got {start}")
+    if shrink and kernel_sizes is not None:
+        raise ValueError("give shrink=True (the default schedule) or kernel_sizes (an explicit one), not both")
+    if variant not in ("paper", "official"):
+        return LOOPS[variant](unet, sampler, z_init, mask, cond, uncond, guidance_scale=guidance_scale, start=start,
+                              generator=generator, shrink=shrink, kernel_sizes=kernel_sizes, callback=callback)
     schedule = sampler.schedule
     timesteps = [int(t) for t in sampler.timesteps[int(len(sampler.timesteps) * start):]]
-    kernel_sizes = _kernel_sizes(shrink, len(timesteps))
-    masks = masks_for_steps(mask.to(z_init.dtype), kernel_sizes)  # one (1, 1, h, w) mask a step
+    masks = masks_for_steps(mask.to(z_init.dtype), step_kernel_sizes(shrink, kernel_sizes, len(timesteps)))
 
     def draw_noise() -> torch.Tensor:  # ε ~ N(0, I), shaped like z_init, from the caller's generator
         return torch.randn(z_init.shape, generator=generator, device=z_init.device, dtype=z_init.dtype)
@@ -79,9 +85,10 @@ def blended_latent_diffusion(unet, sampler: DDIMSampler, z_init: torch.Tensor, m
         z = schedule.q_sample(z_init, timesteps[0], draw_noise())       # line 3: z_k ~ noise(z_init, k)
     else:
         z = draw_noise()                                                 # official: start from pure noise
-    for t, m in zip(progress(timesteps) if progress else timesteps, masks):   # line 4
-        model_output = guided_model_output(unet, z, t, cond, uncond, guidance_scale)
-        z_fg, _ = sampler.step(model_output, t, z, generator=generator)  # line 5: z_fg ~ denoise(z_t, d, t)
+    for i, (t, m) in enumerate(zip(timesteps, masks)):                   # line 4
+        z_t = z
+        model_output = guided_model_output(unet, z_t, t, cond, uncond, guidance_scale)
+        z_fg, x0_fg = sampler.step(model_output, t, z_t, generator=generator)  # line 5: z_fg ~ denoise(z_t, d, t)
         t_prev = sampler.previous_timestep(t)
         if variant == "official":
             z_bg = schedule.q_sample(z_init, t, draw_noise())            # line 6 as printed: level t
@@ -90,17 +97,12 @@ def blended_latent_diffusion(unet, sampler: DDIMSampler, z_init: torch.Tensor, m
         else:
             z_bg = z_init                                                # line 6 after the last step: z_0
         z = z_fg * m + z_bg * (1 - m)                                    # line 7: blend in latent space
+        if callback is not None:
+            callback(StepRecord(i, len(timesteps), t, t_prev, z_t, z_fg, x0_fg, z_bg, m, z))
     return z                                                             # z_0, for line 9: x̂ = D(z_0)
 
 
-def _kernel_sizes(shrink, num_steps: int) -> list:
-    """The dilation kernel of each step: all 1 (no shrinking), the default schedule, or the caller's."""
-    if shrink is False or shrink is None:
-        return [1] * num_steps
-    if shrink is True:
-        return shrink_schedule(num_steps)
-    kernel_sizes = [int(k) for k in shrink]
-    if len(kernel_sizes) != num_steps:
-        raise ValueError(f"an explicit shrink schedule needs one kernel size for each of the {num_steps} steps run, "
-                         f"got {len(kernel_sizes)}")
-    return kernel_sizes
+# The official loops of other models, each in its own module: variant name -> a function with
+# blended_latent_diffusion's signature less `variant`.
+LOOPS: dict = {}
+VARIANTS = ("paper", "official", *LOOPS)

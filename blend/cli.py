@@ -30,6 +30,7 @@ from PIL import Image
 
 from .editor import EditInputError, edit, load_model
 from .images import mask_to_image, read_image, read_mask
+from .algorithm import VARIANTS
 from .options import LARGE_SIZE, option_problem
 from .reconstruction import MODES
 from weights import OfflineError, PickleRefusedError, load_clip
@@ -64,8 +65,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                              "(default 0.25)")
     parser.add_argument("--samples", type=int, default=4, help="number of results, at least 1 (default 4)")
     parser.add_argument("--seed", type=int, default=42, help="0 to 2**64 - 1, torch's range (default 42)")
-    parser.add_argument("--variant", choices=("paper", "official"), default="paper",
-                        help="Algorithm 1 as the paper intends it, or the official SD2 script's loop")
+    parser.add_argument("--variant", choices=VARIANTS, default="paper",
+                        help="Algorithm 1 as the paper intends it (paper), or an official script's loop (README: variants)")
     parser.add_argument("--shrink", action="store_true", help="progressive mask shrinking (paper §4.3)")
     parser.add_argument("--reconstruction", choices=MODES, default="none", help="background reconstruction (§4.2)")
     parser.add_argument("--rank", nargs="?", const="ViT-B/16", default=None, metavar="CLIP",
@@ -172,7 +173,7 @@ def edit_and_write(args: argparse.Namespace, image: Image.Image, mask, output: "
         results = edit(image, mask, args.prompt, model=model, steps=args.steps, guidance_scale=args.guidance,
                        start=args.start, num_samples=args.samples, seed=args.seed, variant=args.variant,
                        shrink=args.shrink, reconstruction=args.reconstruction, device=device, size=args.size,
-                       progress=ProgressLine(f"{args.model} {args.variant}"), ranker=ranker)
+                       callback=ProgressLine(f"{args.model} {args.variant}"), ranker=ranker)
     except EditInputError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -355,24 +356,25 @@ def grid(image: Image.Image, mask, results: list, height: int = 512) -> Image.Im
 
 
 class ProgressLine:
-    """A one-line progress bar on stderr: `for t in ProgressLine("label")(timesteps): ...`."""
+    """A one-line progress bar on stderr, as the loop's per-step callback: `edit(..., callback=ProgressLine("label"))`."""
 
     def __init__(self, label: str, stream=sys.stderr, width: int = 30):
         self.label, self.stream, self.width = label, stream, width
+        self.started = None
 
-    def __call__(self, iterable):
-        items = list(iterable)
-        started = time.perf_counter()
-        live = self.stream.isatty()  # redraw in place on a terminal; only the last line in a log
-        for index, item in enumerate(items):
-            if live:
-                self._draw(index, len(items), started)
-            yield item
-        self._draw(len(items), len(items), started)
-        self.stream.write("\n")
+    def __call__(self, record):
+        if self.started is None:
+            self.started = time.perf_counter()
+        done = record.index + 1
+        last = done == record.num_steps
+        if last or self.stream.isatty():  # redraw in place on a terminal; only the last line in a log
+            self._draw(done, record.num_steps)
+        if last:
+            self.stream.write("\n")
+            self.started = None
 
-    def _draw(self, done: int, total: int, started: float):
+    def _draw(self, done: int, total: int):
         filled = self.width * done // max(total, 1)
         self.stream.write(f"\r{self.label} [{'#' * filled}{'.' * (self.width - filled)}] {done}/{total} "
-                          f"{time.perf_counter() - started:.1f} s")
+                          f"{time.perf_counter() - self.started:.1f} s")
         self.stream.flush()

@@ -68,7 +68,7 @@ def working_size(image_size: tuple, long_side: int, multiple: int = 64) -> tuple
 def edit(image, mask, prompt: str, *, model="sd-2.1-base", steps: int = 50, guidance_scale: float | None = None,
          start: float = 0.25, num_samples: int = 4, seed: int = 42, variant: str = "paper", shrink=False,
          reconstruction: str = "none", dtype=None, device: str | None = None, size: int | None = None,
-         progress=None, rank: str | None = None, ranker=None) -> list:
+         callback=None, rank: str | None = None, ranker=None) -> list:
     """Edit `image` inside `mask` (white = edit) towards `prompt`; returns `num_samples` PIL images.
 
     model: "toy" (offline, exact; blend.toy_model), "tiny" (random weights: noise by design), a
@@ -79,6 +79,7 @@ def edit(image, mask, prompt: str, *, model="sd-2.1-base", steps: int = 50, guid
     rank: a CLIP model name ("ViT-B/16", the official code's; "ViT-L/14"; "tiny") or file, or
     `ranker`, a built clip.CLIPModel: the results come back best first (§4.4, blend.rank), each
     with `info["sample"]` (its index before ranking) and `info["clip_distance"]`.
+    callback(blend.StepRecord) is called after every step of the loop (progress, previews).
     Same seed, same output on the same device.
     """
     problem = option_problem(steps=steps, start=start, guidance_scale=guidance_scale, num_samples=num_samples,
@@ -116,7 +117,7 @@ def edit(image, mask, prompt: str, *, model="sd-2.1-base", steps: int = 50, guid
     generator = torch.Generator(device=device).manual_seed(seed)
     z = blended_latent_diffusion(components.unet, sampler, z_init.expand(num_samples, -1, -1, -1), m_latent,
                                  cond, uncond, guidance_scale=guidance_scale, start=start, generator=generator,
-                                 variant=variant, shrink=shrink, progress=progress)      # lines 3–8
+                                 variant=variant, shrink=shrink, callback=callback)      # lines 3–8
     z = z / spec.scale_factor
     edited = _decode(components.vae, z)                                                  # line 9
     if reconstruction == "decoder":

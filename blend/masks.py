@@ -61,3 +61,16 @@ def masks_for_steps(mask: torch.Tensor, kernel_sizes: list) -> list:
     """The latent mask of each step: `mask` dilated by that step's kernel size."""
     dilated = {k: dilate_mask(mask, k) for k in set(kernel_sizes)}
     return [dilated[k] for k in kernel_sizes]
+
+
+def step_kernel_sizes(shrink: bool, kernel_sizes: list[int] | None, num_steps: int) -> list[int]:
+    """The dilation kernel of each step: the caller's list, the default shrinking schedule, or all 1."""
+    if kernel_sizes is not None:
+        kernel_sizes = [int(k) for k in kernel_sizes]
+        if len(kernel_sizes) != num_steps:
+            raise ValueError(f"kernel_sizes needs one kernel size for each of the {num_steps} steps run, "
+                             f"got {len(kernel_sizes)}")
+        return kernel_sizes
+    if not isinstance(shrink, bool):
+        raise TypeError(f"shrink is True or False, got {shrink!r}; give an explicit schedule as kernel_sizes")
+    return shrink_schedule(num_steps) if shrink else [1] * num_steps

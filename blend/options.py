@@ -34,6 +34,7 @@ import torch
 from clip import CLIP_NAMES
 from samplers import ddim_timesteps
 
+from .algorithm import VARIANTS
 from .reconstruction import MODES
 
 NUM_TRAIN_TIMESTEPS = 1000      # every model here: SD 1.x/2.x, tiny and the toy
@@ -41,7 +42,6 @@ PUBLISHED_STEPS_OFFSET = 1      # the published SD scheduler configs; the offici
 CHECKPOINT_SIZE_MULTIPLE = 64   # SD 1.x/2.x: the autoencoder divides by 8, then the UNet by 8
 LARGE_SIZE = 2048
 DEVICE_TYPES = ("cpu", "cuda", "mps", "xpu")
-VARIANTS = ("paper", "official")
 CLI_FLAGS = {"num_samples": "--samples", "guidance_scale": "--guidance"}
 
 

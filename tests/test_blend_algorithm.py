@@ -106,7 +106,7 @@ def test_blend_paper_background_is_source_latent_exactly(unet):
 def test_blend_shrink_dilated_masks_only_widen_early_steps(unet):
     values = inputs()
     plain = run(unet, values, "paper", offset=1, steps=8, seed=2)
-    same = run(unet, values, "paper", offset=1, steps=8, seed=2, shrink=[1] * 6)  # an explicit schedule
+    same = run(unet, values, "paper", offset=1, steps=8, seed=2, kernel_sizes=[1] * 6)  # an explicit schedule
     shrunk = run(unet, values, "paper", offset=1, steps=8, seed=2, shrink=True)
     assert torch.equal(plain, same)
     keep = values["mask"].expand_as(plain) == 0
@@ -121,4 +121,35 @@ def test_blend_rejects_bad_variant_start_and_schedule(unet):
     with pytest.raises(ValueError, match="start"):
         run(unet, values, "paper", offset=1, steps=4, start=1.0)
     with pytest.raises(ValueError, match="one kernel size for each"):
-        run(unet, values, "paper", offset=1, steps=4, shrink=[7, 1])
+        run(unet, values, "paper", offset=1, steps=4, kernel_sizes=[7, 1])
+
+
+def test_blend_callback_records_every_step_and_changes_nothing(unet):
+    values = inputs()
+    records = []
+    plain = run(unet, values, "paper", offset=1, steps=8, seed=3)
+    recorded = run(unet, values, "paper", offset=1, steps=8, seed=3, callback=records.append)
+    assert torch.equal(plain, recorded)
+    assert [r.index for r in records] == list(range(6)) and {r.num_steps for r in records} == {6}
+    assert [r.t for r in records] == [int(t) for t in DDIMSampler(NoiseSchedule.scaled_linear(), 8).timesteps[2:]]
+    for before, after in zip(records, records[1:]):
+        assert torch.equal(after.z_t, before.z) and after.t == before.t_prev
+    last = records[-1]
+    assert torch.equal(last.z, recorded) and last.t_prev < 0 and torch.equal(last.z_bg, values["z_init"])
+    assert torch.equal(last.z, last.z_fg * last.mask + last.z_bg * (1 - last.mask))  # line 7, as recorded
+
+
+def test_guidance_concatenates_each_element_of_a_tuple_conditioning():
+    calls = []
+
+    def denoiser(z, timesteps, context, y):
+        calls.append((z.shape[0], context, y))
+        return z * 0 + y[:, :1, None, None]
+
+    z = torch.zeros(2, 4, 2, 2)
+    cond, uncond = (torch.ones(1, 3, 5), torch.full((1, 6), 2.0)), (torch.zeros(1, 3, 5), torch.zeros(1, 6))
+    output = guided_model_output(denoiser, z, 10, cond, uncond, 3.0)
+    (batch, context, y), = calls
+    assert batch == 4 and context.shape == (4, 3, 5) and y.shape == (4, 6)
+    assert torch.equal(context[:2], torch.zeros(2, 3, 5)) and torch.equal(y[2:], torch.full((2, 6), 2.0))
+    assert torch.equal(output, torch.full_like(z, 6.0))  # 0 + 3·(2 − 0)
