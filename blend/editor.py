@@ -37,9 +37,6 @@ from .rank import rank as rank_by_clip
 from .reconstruction import finetune_decoder, optimise_latent, paste_background
 from .toy_model import load_toy
 
-OFFICIAL_GUIDANCE_SCALE = 7.5
-
-
 def load_model(model="sd-2.1-base", *, dtype=None, device="cpu", allow_pickle: bool = False):
     """Components (.unet .vae .text_encoder .tokenizer .spec): "toy", a `weights.load` source, or loaded ones.
 
@@ -94,7 +91,7 @@ def edit(image, mask, prompt: str, *, model="sd-2.1-base", steps: int = 50, guid
     components = load_model(model, dtype=dtype, device=device)
     spec = components.spec
     if guidance_scale is None:
-        guidance_scale = getattr(spec, "guidance_scale", OFFICIAL_GUIDANCE_SCALE)
+        guidance_scale = spec.guidance_scale
     if reconstruction == "decoder" and not list(getattr(components.vae, "decoder", torch.nn.Module()).parameters()):
         raise EditInputError(f"the {spec.name} model's decoder has no weights to fine-tune; "
                              "use reconstruction 'latent' or 'pixel'")

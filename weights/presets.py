@@ -31,6 +31,7 @@ class ModelSpec:
     prediction_type: str                 # "epsilon" or "v"; cannot be read from the weights
     scale_factor: float                  # z = scale_factor * E(x)
     image_size: int                      # the resolution the model was trained at
+    guidance_scale: float = 7.5          # the default w of classifier-free guidance (samplers.guidance)
     sources: tuple[HubSource, ...] = ()  # Hub repositories with the same files, tried in this order
     beta_start: float = 0.00085
     beta_end: float = 0.012
