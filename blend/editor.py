@@ -130,7 +130,7 @@ def edit(image, mask, prompt: str, *, model="sd-2.1-base", steps: int = 50, guid
         results = [tensor_to_image(paste_background(image_to_tensor(result), source_pixels, original_mask)[0])
                    for result in results]
     if rank is not None or ranker is not None:  # §4.4: best first
-        order, scores = rank_by_clip(results, prompt, pixel_mask, model=rank or "ViT-B/16", ranker=ranker)
+        order, scores = rank_by_clip(results, prompt, pixel_mask, clip_model=rank or "ViT-B/16", ranker=ranker)
         results = [results[i] for i in order]
         for result, sample, score in zip(results, order, scores):
             result.info.update(sample=sample, clip_distance=score)

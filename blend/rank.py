@@ -19,13 +19,13 @@ from clip import cosine_distance
 from .images import images_to_tensor, read_mask
 
 
-def rank(images, prompt: str, mask, model: str = "ViT-B/16", *, ranker=None) -> tuple[list[int], list[float]]:
+def rank(images, prompt: str, mask, clip_model: str = "ViT-B/16", *, ranker=None) -> tuple[list[int], list[float]]:
     """Order `images` by the CLIP distance of their masked region to `prompt`, best (lowest) first.
 
     images: a list of PIL images, or an (N, 3, H, W) tensor in [−1, 1].
     mask: a path, PIL image, array or tensor at the images' size (another size is resized, nearest), 1 = edited,
         read by blend.images.read_mask.
-    model: "ViT-B/16" (default, the official code's), "ViT-L/14", "tiny" (random weights, for tests), or
+    clip_model: the CLIP model's name, "ViT-B/16" (default, the official code's), "ViT-L/14", "tiny" (random weights, for tests), or
         a local model.safetensors of either; loaded by weights.clip_ranker.load_clip. Unused when
         `ranker`, an already built clip.CLIPModel, is given.
     Returns (order, scores): order[k] is the index in `images` of the k-th best result and
@@ -36,7 +36,7 @@ def rank(images, prompt: str, mask, model: str = "ViT-B/16", *, ranker=None) -> 
     masked = masked_result(pixels, pixel_mask)
     if ranker is None:               # after the inputs are checked: a bad mask fails before any download
         from weights.clip_ranker import load_clip   # only ranking with a named model needs the loader
-        ranker = load_clip(model)
+        ranker = load_clip(clip_model)
     with torch.no_grad():
         distances = cosine_distance(ranker.image_embeddings(masked), ranker.text_embeddings([prompt]))[:, 0]
     order = torch.argsort(distances.cpu(), stable=True)

@@ -65,7 +65,6 @@ class DDIMSampler:
             raise ValueError(f"prediction_type must be 'epsilon' or 'v', got {prediction_type!r}")
         self.timesteps = ddim_timesteps(schedule.num_train_timesteps, num_steps, spacing, offset)  # (S,)
         self.schedule = schedule
-        self.num_steps = num_steps
         self.eta = eta
         self.prediction_type = prediction_type
         self.step_ratio = schedule.num_train_timesteps // num_steps

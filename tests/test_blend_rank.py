@@ -148,7 +148,7 @@ def test_pil_images_and_tensors_rank_alike(tiny_clip):
 
 def test_tiny_clip_loads_through_rank_by_name_and_is_deterministic(tiny_clip):
     images = images_with_edited_colours([(0.1, 0.8, 0.3), (0.9, 0.1, 0.1)])
-    assert rank(images, "a cat", edit_mask(), model="tiny") == rank(images, "a cat", edit_mask(), ranker=tiny_clip)
+    assert rank(images, "a cat", edit_mask(), clip_model="tiny") == rank(images, "a cat", edit_mask(), ranker=tiny_clip)
 
 
 # ----------------------------------------------------------------------------- loading
@@ -189,7 +189,7 @@ def test_offline_without_the_file_the_error_names_repository_file_and_the_fix(of
     message = str(error.value)
     assert "model.safetensors of openai/clip-vit-base-patch16" in message and "HF_HUB_OFFLINE is set" in message
     assert "hf download openai/clip-vit-base-patch16 model.safetensors" in message
-    assert "model='DIR/model.safetensors'" in message
+    assert "clip_model='DIR/model.safetensors'" in message
 
 
 def test_offline_a_cached_file_is_found_and_its_shapes_are_checked_against_the_name(tiny_clip, offline_cache,

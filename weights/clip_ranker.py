@@ -128,7 +128,7 @@ def download(name: str) -> Path:
             f"  - on a machine with network, run `hf download {repo} {filename}` and copy its cache "
             f"directory (HF_HOME) here; or\n"
             f"  - run `hf download {repo} {filename} --local-dir DIR` and pass the file itself: "
-            f"blend.rank(..., model='DIR/{filename}'); or\n"
+            f"blend.rank(..., clip_model='DIR/{filename}'); or\n"
             f"  - rank with another model you have, or do not rank.") from None
     except (RepositoryNotFoundError, GatedRepoError, EntryNotFoundError) as error:
         raise WeightsError(f"{filename} of the Hub repository {repo} (CLIP {name}) could not be opened "
