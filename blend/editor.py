@@ -150,7 +150,7 @@ def _encode_prompts(components, prompts: list, device) -> list:
 
 
 def _decode(vae, z: torch.Tensor) -> torch.Tensor:
-    """D(z), one latent at a time; an fp16 decode that overflows is redone in fp32 (CONVENTIONS)."""
+    """D(z), one latent at a time; an fp16 decode that overflows is redone in fp32 (docs/CONVENTIONS.md)."""
     rows = []
     for row in z.split(1):
         decoded = vae.decode(row)

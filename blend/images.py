@@ -1,7 +1,7 @@
 """Photographs and masks in, tensors out and back: the one place where Pillow meets the pipeline.
 
 Inside blend/ an image is an NCHW float tensor in [−1, 1] and a mask an (H, W) array of 0/1 with
-1 = edit (CONVENTIONS, "Tensors"). These are the rules by which files, PIL images and arrays become
+1 = edit (docs/CONVENTIONS.md, "Tensors and masks"). These are the rules by which files, PIL images and arrays become
 those, and results become PIL images again.
 
 Orientation. A photograph or a mask that carries an EXIF Orientation tag (phone photos do) is
