@@ -46,7 +46,7 @@ from conftest import max_relative_error  # noqa: E402  (the parity tests' figure
 from load_benchmark import status_bytes  # noqa: E402
 
 CASES = ("unet32", "unet64", "vae_encode", "vae_decode", "text", "edit", "load")
-TARGETS = {"unet32": 0.85, "unet64": 0.85, "vae_decode": 0.9}    # CPU time ratios asked for in issue 8
+TARGETS = {"unet32": 0.85, "unet64": 0.85, "vae_decode": 0.9}    # CPU time ratios ours/reference to reach
 
 
 # --- measuring ------------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 HEADING = "## Equation map"
 
-# What the map must cover (the list); each is a phrase that some row's "Equation" cell contains.
+# What the map must cover: each is a phrase that some row's "Equation" cell contains.
 REQUIRED_EQUATIONS = [
     "Algorithm 1, line 1", "Algorithm 1, line 2", "Algorithm 1, line 3", "Algorithm 1, line 4",
     "Algorithm 1, line 5", "Algorithm 1, line 6", "Algorithm 1, line 7", "Algorithm 1, line 9",
