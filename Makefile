@@ -1,6 +1,7 @@
 # The README's two commands:
 #   make demo   set up .venv and edit the shipped example (offline)
 #   make test   set up .venv with the test and reference extras and run the test suite
+# Also: make fast (the tests without the slow and reference markers), make lint (ruff, ruff.toml).
 # GPU machines get PyPI's CUDA build of torch; machines without `nvidia-smi` get the CPU build.
 
 PYTHON ?= python3
@@ -9,7 +10,7 @@ TORCH_VERSION ?= 2.13.0
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 
-.PHONY: demo test setup setup-test torch fixtures benchmark clean
+.PHONY: demo test fast lint setup setup-test torch fixtures benchmark clean
 
 demo: setup
 	$(PY) -m blend --model toy
@@ -17,6 +18,12 @@ demo: setup
 test: setup-test
 	$(PY) tests/golden/make_fixtures.py --check
 	$(PY) -m pytest -q
+
+fast: setup-test
+	$(PY) -m pytest -q -m "not slow and not reference"
+
+lint: setup-test
+	$(PY) -m ruff check .
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
