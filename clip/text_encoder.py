@@ -1,4 +1,4 @@
-"""CLIP text towers: SD 1's OpenAI ViT-L/14 and SD 2's OpenCLIP ViT-H/14, as one configured class.
+"""CLIP text towers: SD 1's OpenAI ViT-L/14, SD 2's OpenCLIP ViT-H/14 and SDXL's two, as one configured class.
 
 Both towers are the same pre-norm causal transformer (Radford et al. 2021, §2.4):
 
@@ -8,7 +8,10 @@ Both towers are the same pre-norm causal transformer (Radford et al. 2021, §2.4
     context = LN_final(x_{L - skip})
 
 SD 1 reads the last block, so skip = 0. SD 2 reads the penultimate block, so
-skip = 1, but still applies LN_final. Neither passes a padding mask: every position
+skip = 1, but still applies LN_final. SDXL reads the penultimate block of both of its towers
+(ViT-L/14 in the "sd1" layout, OpenCLIP ViT-bigG/14 in the "sd2" layout) *without* LN_final:
+context = x_{L − 1} (`context_final_norm=False`; sgm's `FrozenCLIPEmbedder` with layer "hidden"
+and `FrozenOpenCLIPEmbedder2` with layer "penultimate"). None passes a padding mask: every position
 attends to every earlier one, pads included, and the UNet cross-attends to all 77
 outputs. This is why the pad id matters (see clip/TOKENIZERS.md).
 
@@ -46,6 +49,8 @@ class TextConfig:
     under `cond_stage_model.transformer.`) or "sd2" (open_clip's names, under
     `cond_stage_model.model.`, which are also the names of OpenAI's original CLIP files).
     `skip_last_layers` = 1 gives SD 2's penultimate layer.
+    `context_final_norm`: whether `forward` applies the final LayerNorm (SD 1, SD 2) or not (SDXL);
+    `pooled_embedding` always applies it.
     `mlp_width`: the hidden width of each block's MLP; None means 4 x width, as in every
     published CLIP text tower (a config may set another, e.g. transformers' `intermediate_size`).
     `projection_dim`: the width of CLIP's text embedding (`pooled_embedding`). None means
@@ -63,6 +68,7 @@ class TextConfig:
     projection_dim: int | None = None
     layer_norm_eps: float = 1e-5
     mlp_width: int | None = None         # None: 4 x width
+    context_final_norm: bool = True      # SDXL: False, the context is the block output itself
 
     @property
     def resolved_mlp_width(self) -> int:
@@ -207,20 +213,20 @@ class TextEncoder(nn.Module):
                 tm.final_layer_norm
         return self.token_embedding, self.positional_embedding, self.transformer.resblocks, self.ln_final
 
-    def hidden_states(self, ids: torch.Tensor, skip_last_layers: int = 0) -> torch.Tensor:
-        """LN_final of the output of block `layers - skip_last_layers`: (B, L) ids -> (B, L, width)."""
-        token_embedding, position_embedding, blocks, final_norm = self._parts()
+    def hidden_states(self, ids: torch.Tensor, skip_last_layers: int = 0, final_norm: bool = True) -> torch.Tensor:
+        """The output of block `layers - skip_last_layers`, then LN_final if `final_norm`: (B, L) ids -> (B, L, width)."""
+        token_embedding, position_embedding, blocks, norm = self._parts()
         if ids.dim() != 2 or ids.shape[1] > self.config.context_length:
             raise ValueError(f"expected token ids of shape (B, L <= {self.config.context_length}), "
                              f"got {tuple(ids.shape)}; use clip.Tokenizer to make them")
         x = token_embedding(ids) + position_embedding[:ids.shape[1]]      # (B, L, C)
         for block in blocks[:len(blocks) - skip_last_layers]:
             x = block(x)
-        return final_norm(x)
+        return norm(x) if final_norm else x
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         """The context for cross-attention: (B, 77) ids -> (B, 77, width)."""
-        return self.hidden_states(ids, self.config.skip_last_layers)
+        return self.hidden_states(ids, self.config.skip_last_layers, self.config.context_final_norm)
 
     def pooled_embedding(self, ids: torch.Tensor, eos_id: int = EOS_ID) -> torch.Tensor:
         """CLIP's text embedding (B, projection_dim), or (B, width) without a projection.

