@@ -107,6 +107,26 @@ def sd2_text_table(config: TextConfig) -> list[tuple[str, str, dict]]:
     return rows
 
 
+LDM_BERT_BLOCK_ATTENTION = {"self_attn_layer_norm": "0", "self_attn.q_proj": "1.to_q", "self_attn.k_proj": "1.to_k",
+                            "self_attn.v_proj": "1.to_v", "self_attn.out_proj": "1.to_out"}
+LDM_BERT_BLOCK_FEED_FORWARD = {"final_layer_norm": "0", "fc1": "1.net.0.0", "fc2": "1.net.2"}
+
+
+def ldm_bert_table(layers: int) -> list[tuple[str, str, dict]]:
+    """(diffusers LDMBertModel name, ours = the published `cond_stage_model.transformer.` name, inner renames).
+
+    Block i of LDMBertModel is two layers of x-transformers' Encoder: 2i (norm, attention) and
+    2i+1 (norm, feed-forward); the table lists each half's modules as whole paths.
+    """
+    rows = [("model.embed_tokens", "token_emb", {}), ("model.embed_positions", "pos_emb.emb", {}),
+            ("model.layer_norm", "norm", {}), ("to_logits", "to_logits", {})]
+    for i in range(layers):
+        for half, renames in ((2 * i, LDM_BERT_BLOCK_ATTENTION), (2 * i + 1, LDM_BERT_BLOCK_FEED_FORWARD)):
+            rows += [(f"model.layers.{i}.{theirs}", f"attn_layers.layers.{half}.{ours}", {})
+                     for theirs, ours in renames.items()]
+    return rows
+
+
 def _rename(key: str, lookup: dict) -> str:
     """Rename `key` by its longest module prefix in `lookup`, then the rest by the longest inner rename."""
     parts = key.split(".")
@@ -175,6 +195,12 @@ def text_from_transformers(tensors: dict, config: TextConfig) -> dict:
     return out
 
 
+def ldm_bert_from_diffusers(tensors: dict, layers: int) -> dict:
+    """The diffusers port's `bert/` state dict (LDMBertModel) -> ours (ldm.BERTTextEncoder)."""
+    lookup = _forward(ldm_bert_table(layers))
+    return {_rename(k, lookup): v for k, v in tensors.items()}
+
+
 # ----------------------------------------------------------------------------- ours -> diffusers
 def unet_to_diffusers(tensors: dict, config: UNetConfig) -> dict:
     lookup = _backward(unet_table(config))
@@ -209,6 +235,11 @@ def text_to_transformers(tensors: dict, config: TextConfig) -> dict:
             continue
         out[_rename(key, lookup)] = value
     return out
+
+
+def ldm_bert_to_diffusers(tensors: dict, layers: int) -> dict:
+    lookup = _backward(ldm_bert_table(layers))
+    return {_rename(k, lookup): v for k, v in tensors.items()}
 
 
 # ----------------------------------------------------------------------------- configs
