@@ -17,6 +17,7 @@ demo: setup
 
 test: setup-test
 	$(PY) tests/golden/make_fixtures.py --check
+	$(PY) blend/evaluate/data/make_data.py --check
 	$(PY) -m pytest -q
 
 fast: setup-test
@@ -43,9 +44,14 @@ setup: torch
 	$(PIP) install -q -e .
 
 # open_clip_torch goes in with --no-deps: its torchvision requirement would replace the CPU torch.
+# lpips too. Its torchvision (the LPIPS reference builds VGG16 with it) goes into a folder off sys.path:
+# PyPI's Linux wheel is built against CUDA torch, so `import torchvision` fails beside the CPU torch, and
+# transformers must keep seeing no torchvision. tests/test_blend_evaluate_lpips.py imports its models/vgg.py.
 setup-test: torch
 	$(PIP) install -q -e ".[test,reference,notebooks]"
 	$(PIP) install -q --no-deps open_clip_torch==3.3.0
+	$(PIP) install -q --no-deps lpips==0.1.4
+	$(PIP) install -q --no-deps --upgrade --target $(VENV)/reference-torchvision torchvision==0.28.0
 
 fixtures: setup-test
 	$(PY) tests/golden/make_fixtures.py
