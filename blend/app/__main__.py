@@ -1,0 +1,67 @@
+"""python -m blend.app [--model toy|sd-2.1-base|…] [--host 127.0.0.1] [--port 7860]: serve the paint-and-edit page.
+
+It loads the model once, then serves http://HOST:PORT/ until Ctrl-C, which stops the worker after the
+running job's current step (that job's unfinished folder is removed) and closes the server.
+Exit status: 0 stopped by Ctrl-C; 1 the model could not be loaded; 2 a bad option.
+"""
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+from ..cli import DTYPES, cannot_load_message
+from ..editor import load_model
+from ..options import device_problem
+from .server import EditServer, is_loopback
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m blend.app", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="sd-2.1-base",
+                        help="as python -m blend: sd-2.1-base (default), sd-1.5, sd-2.1, a .safetensors file, a "
+                             "diffusers folder, toy (offline, exact, seconds) or tiny (random weights)")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to listen on (default 127.0.0.1: this machine only)")
+    parser.add_argument("--port", type=int, default=7860, help="port (default 7860; 0 picks a free one)")
+    parser.add_argument("--out", default="outputs/app", help="where each job's folder is written (outputs/app)")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N, mps or xpu (default: cuda when available)")
+    parser.add_argument("--dtype", choices=tuple(DTYPES), default=None, help="weights' dtype (default: the loader's)")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    problem = device_problem(args.device, instead="--device cpu")
+    if problem:
+        print(f"error: --device {args.device}: {problem}", file=sys.stderr)
+        return 2
+    if not is_loopback(args.host):
+        print(f"warning: listening on {args.host}, not a loopback address: anyone who can reach this machine on "
+              f"port {args.port} can run edits and read every result. Use --host 127.0.0.1 to keep it local.",
+              file=sys.stderr)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    print(f"loading {args.model} on {device} …", file=sys.stderr)
+    try:
+        components = load_model(args.model, dtype=DTYPES.get(args.dtype), device=device)
+    except Exception as error:
+        print(cannot_load_message(args.model, error), file=sys.stderr)
+        return 1
+    try:
+        server = EditServer(components, args.model, Path(args.out), host=args.host, port=args.port, device=device)
+    except OSError as error:
+        print(f"error: cannot listen on {args.host}:{args.port}: {error.strerror or error}; choose another "
+              f"--port (0 picks a free one)", file=sys.stderr)
+        return 2
+    print(f"serving {args.model} at {server.url}  (Ctrl-C stops; job folders go to {args.out}/)", file=sys.stderr)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        print("stopping: the running job ends at its next step …", file=sys.stderr)
+    finally:
+        server.close()
+    return 0
+
+
+sys.exit(main())

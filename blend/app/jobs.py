@@ -1,0 +1,257 @@
+"""The page's jobs: one worker thread runs Algorithm 1 for one job at a time; the others wait in a queue.
+
+A job is an edit request whose inputs were already checked (blend.app.server). Its files go into a
+folder of its own, ROOT/<id>, written as the CLI writes (blend.cli.ResultFolder): first into a hidden
+folder beside it, renamed when the results are all written, removed on failure or when the server
+stops. Every file in it is written under a temporary name and renamed, so a file that is listed is
+whole. Its files are
+
+    mask.png                     the mask as it was read (white = edit), at the photograph's size
+    preview_<step>.png           the decoded denoised estimate x̂0 = D(x0_fg / s) of sample 0 after a step
+    result_<i>.png, grid.png     the results (best first when ranked) and input | mask | results
+    ranking.txt                  when ranked: each result's sample and CLIP distance (paper §4.4)
+
+Previews come from Algorithm 1's per-step callback (blend.StepRecord.x0_fg). Decoding one costs an
+autoencoder decode, so `PreviewSchedule` decodes one only while the time spent on previews stays
+under a fraction (10%) of the time spent on the steps themselves; one that takes under 20 ms (the
+toy's: an identity decode and a small PNG) is taken at every step.
+"""
+import os
+import queue
+import secrets
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..cli import ResultFolder, grid
+from ..editor import EditInputError, edit
+from ..images import mask_to_image, tensor_to_image
+
+PREVIEW_FRACTION = 0.10   # the most of a run's time that previews may take
+CHEAP_PREVIEW_S = 0.02    # a preview this quick is taken at every step
+PREVIEW_SIDE = 256        # the long side of a preview, in pixels
+MAX_WAITING = 8           # jobs queued behind the running one; more are refused (the server answers 503)
+
+
+class QueueFull(Exception):
+    """More than MAX_WAITING jobs are waiting."""
+
+
+class JobStopped(Exception):
+    """The server is stopping: the running job ends at its next step."""
+
+
+@dataclass
+class EditRequest:
+    """A checked request: the photograph (RGB PIL), the mask ((H, W) 0/1) and the options of `blend.edit`."""
+    image: Image.Image
+    mask: np.ndarray
+    prompt: str
+    options: dict          # steps, guidance_scale, start, num_samples, seed, variant, shrink, reconstruction, size
+    rank: str | None = None
+    warnings: list = field(default_factory=list)
+
+
+@dataclass
+class Job:
+    id: str
+    request: EditRequest
+    state: str = "queued"   # queued → running → done | failed
+    step: int = 0
+    steps: int = 0
+    error: str | None = None
+    folder: Path | None = None                    # where its files are now (hidden while running)
+    previews: list = field(default_factory=list)  # file names, in order
+    results: list = field(default_factory=list)
+    extras: list = field(default_factory=list)    # mask.png, grid.png, ranking.txt
+
+    def files(self) -> set:
+        return {*self.previews, *self.results, *self.extras}
+
+    def status(self) -> dict:
+        """What GET /api/jobs/<id> answers."""
+        def urls(names):
+            return [f"/results/{self.id}/{name}" for name in names]
+        extras = {name.split(".")[0]: f"/results/{self.id}/{name}" for name in self.extras}
+        return {"id": self.id, "state": self.state, "step": self.step, "steps": self.steps,
+                "results": urls(self.results), "previews": urls(self.previews), "error": self.error,
+                "mask": extras.get("mask"), "grid": extras.get("grid"), "ranking": extras.get("ranking"),
+                "warnings": list(self.request.warnings)}
+
+
+class PreviewSchedule:
+    """Whether to decode x̂0 after a step: only while previews stay under `fraction` of the time.
+
+    After each step it adds the step's time (since the end of the previous callback) to the steps'
+    total, and allows a preview when the previews' total so far plus the last preview's cost stays
+    within fraction × the steps' total. With a decode that costs c steps, that is one preview every
+    k ≈ c / fraction = 10·c steps (SD on a GPU: a 512-px decode costs about one step, so k ≈ 10; on a
+    CPU, where it costs about two, k ≈ 20). The first step is always previewed, which measures c. A
+    preview that takes under `cheap` seconds (the toy's identity decoder) is taken at every step.
+    """
+
+    def __init__(self, fraction: float = PREVIEW_FRACTION, cheap: float = CHEAP_PREVIEW_S):
+        self.fraction, self.cheap = fraction, cheap
+        self.steps_time, self.previews_time, self.last_cost = 0.0, 0.0, 0.0
+        self.mark = time.perf_counter()
+
+    def after_step(self) -> bool:
+        now = time.perf_counter()
+        self.steps_time += now - self.mark
+        self.mark = now
+        return (self.last_cost < self.cheap
+                or self.previews_time + self.last_cost <= self.fraction * self.steps_time)
+
+    def preview_took(self, started: float) -> None:
+        self.mark = time.perf_counter()
+        self.last_cost = self.mark - started
+        self.previews_time += self.last_cost
+
+
+class JobQueue:
+    """Jobs by id, and the worker thread that runs them in order, on one loaded model."""
+
+    def __init__(self, components, root: Path, *, device: str = "cpu", max_waiting: int = MAX_WAITING):
+        self.components, self.root, self.device, self.max_waiting = components, Path(root), device, max_waiting
+        self.jobs: dict[str, Job] = {}
+        self.lock = threading.Lock()
+        self.waiting: queue.Queue = queue.Queue()
+        self.stopping = threading.Event()
+        self.rankers: dict = {}
+        self.worker = threading.Thread(target=self._work, name="blend-app-worker", daemon=True)
+
+    def start(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.worker.start()
+
+    def stop(self, timeout: float = 60.0) -> None:
+        """Stop after the running job's current step; its hidden folder is removed, queued jobs are dropped."""
+        self.stopping.set()
+        if self.worker.is_alive():
+            self.worker.join(timeout)
+
+    def submit(self, request: EditRequest) -> Job:
+        with self.lock:
+            if self.waiting.qsize() >= self.max_waiting:
+                raise QueueFull(f"{self.waiting.qsize()} jobs are already waiting; try again when one has finished")
+            job = Job(secrets.token_hex(8), request)
+            self.jobs[job.id] = job
+            self.waiting.put(job)
+        return job
+
+    def get(self, job_id: str) -> Job | None:
+        return self.jobs.get(job_id)
+
+    def status(self, job_id: str) -> dict | None:
+        job = self.get(job_id)
+        if job is None:
+            return None
+        with self.lock:
+            return job.status()
+
+    def open_file(self, job_id: str, name: str):
+        """An open binary file of one that job has written, or None: only names the job lists are served."""
+        job = self.get(job_id)
+        for _ in range(2):  # the folder may be renamed into place between reading it and opening the file
+            with self.lock:
+                if job is None or name not in job.files() or job.folder is None:
+                    return None
+                path = job.folder / name
+            try:
+                return open(path, "rb")
+            except FileNotFoundError:
+                continue
+        return None
+
+    # ------------------------------------------------------------------------- the worker
+    def _work(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                job = self.waiting.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            self._run(job)
+        while not self.waiting.empty():  # stopped: what was waiting will not run
+            self._finish(self.waiting.get(), "failed", "the server was stopped before this job ran")
+
+    def _run(self, job: Job) -> None:
+        output = None
+        try:
+            output = ResultFolder(self.root / job.id)
+            with self.lock:
+                job.state, job.folder, job.steps = "running", output.temporary, 0
+            self._write(job, "mask.png", mask_to_image(job.request.mask), "extras")
+            results = self._edit(job)
+            for index, result in enumerate(results):
+                self._write(job, f"result_{index}.png", result, "results")
+            self._write(job, "grid.png", grid(job.request.image, job.request.mask, results), "extras")
+            if job.request.rank:
+                lines = [f"result_{index}.png  sample {result.info['sample']}  clip_distance "
+                         f"{result.info['clip_distance']:.6f}" for index, result in enumerate(results)]
+                self._write(job, "ranking.txt", f"# ranked by CLIP {job.request.rank} (paper §4.4): lower "
+                                                f"distance is better\n" + "\n".join(lines) + "\n", "extras")
+            with self.lock:
+                job.folder = output.commit()
+            self._finish(job, "done")
+        except JobStopped:
+            self._finish(job, "failed", "the server was stopped while this job ran; nothing was kept")
+        except EditInputError as error:
+            self._finish(job, "failed", str(error))
+        except Exception as error:  # the job fails, the server goes on
+            traceback.print_exc()
+            self._finish(job, "failed", f"{type(error).__name__}: {error}")
+        finally:
+            if output is not None:
+                output.discard()  # unless committed: a job's folder is whole or absent
+            job.request.image = job.request.mask = None  # its files hold what is kept
+
+    def _finish(self, job: Job, state: str, error: str | None = None) -> None:
+        with self.lock:
+            job.state, job.error = state, error
+            if state == "failed":
+                job.folder, job.previews, job.results, job.extras = None, [], [], []
+
+    def _edit(self, job: Job) -> list:
+        components, request = self.components, job.request
+        spec, schedule = components.spec, PreviewSchedule()
+
+        def on_step(record) -> None:  # Algorithm 1's callback, after every step
+            if self.stopping.is_set():
+                raise JobStopped()
+            with self.lock:
+                job.step, job.steps = record.index + 1, record.num_steps
+            if schedule.after_step():
+                started = time.perf_counter()
+                x0 = components.vae.decode(record.x0_fg[:1] / spec.scale_factor).float()[0]  # x̂0 = D(x0_fg / s)
+                if torch.isfinite(x0).all():
+                    preview = tensor_to_image(x0)
+                    preview.thumbnail((PREVIEW_SIDE, PREVIEW_SIDE))
+                    self._write(job, f"preview_{record.index + 1:03d}.png", preview, "previews")
+                schedule.preview_took(started)
+
+        ranker = None
+        if request.rank:
+            if request.rank not in self.rankers:
+                from weights import load_clip
+                self.rankers[request.rank] = load_clip(request.rank)
+            ranker = self.rankers[request.rank]
+        return edit(request.image, request.mask, request.prompt, model=components, device=self.device,
+                    callback=on_step, ranker=ranker, **request.options)
+
+    def _write(self, job: Job, name: str, content, kind: str) -> None:
+        """Write one file of the job under a temporary name, rename it, then list it."""
+        folder = job.folder
+        temporary = folder / f".{name}.partial"
+        if isinstance(content, Image.Image):
+            content.save(temporary, format="PNG")
+        else:
+            temporary.write_text(content)
+        os.replace(temporary, folder / name)
+        with self.lock:
+            getattr(job, kind).append(name)

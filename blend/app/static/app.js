@@ -1,0 +1,245 @@
+// The paint-and-edit page: paint a mask over a photograph, POST /api/edit, poll GET /api/jobs/ID.
+// Plain JavaScript, no libraries. The mask canvas has the photograph's own pixel size; what is painted
+// (alpha at least one half) is sent as a black-and-white PNG, white = edit, the server's convention.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const photo = $("photo"), maskCanvas = $("mask"), ctx = maskCanvas.getContext("2d", { willReadFrequently: true });
+const form = $("options");
+const UNDO_DEPTH = 30, POLL_MS = 250;
+let photoBlob = null, photoName = "photo.png", undoStack = [], drawing = null, polling = null;
+
+// ----------------------------------------------------------------------------- the photograph
+function loadPhoto(blob, name) {
+  return new Promise((resolve, reject) => {
+    const url = URL.createObjectURL(blob);
+    photo.onload = () => {
+      maskCanvas.width = photo.naturalWidth;   // the mask is painted at the photograph's own size
+      maskCanvas.height = photo.naturalHeight;
+      photoBlob = blob;
+      photoName = name;
+      undoStack = [];
+      document.body.dataset.photo = `${photo.naturalWidth}x${photo.naturalHeight}`;
+      resolve();
+    };
+    photo.onerror = () => reject(new Error(`${name} is not an image this browser can show`));
+    photo.src = url;
+  });
+}
+
+async function fetchBlob(url) {
+  const response = await fetch(url);
+  if (!response.ok) throw new Error(`${url}: ${response.status}`);
+  return response.blob();
+}
+
+async function loadExample() {
+  await loadPhoto(await fetchBlob("/example.jpg"), "example.jpg");
+  const mask = new Image();
+  mask.src = URL.createObjectURL(await fetchBlob("/example_mask.png"));
+  await mask.decode();
+  const scratch = document.createElement("canvas");
+  scratch.width = maskCanvas.width;
+  scratch.height = maskCanvas.height;
+  const scratchContext = scratch.getContext("2d");
+  scratchContext.drawImage(mask, 0, 0, scratch.width, scratch.height);
+  const grey = scratchContext.getImageData(0, 0, scratch.width, scratch.height);
+  const painted = ctx.createImageData(scratch.width, scratch.height);
+  for (let i = 0; i < grey.data.length; i += 4) {
+    if (grey.data[i] >= 128) { painted.data[i] = 255; painted.data[i + 3] = 255; }  // white = edit → painted red
+  }
+  ctx.putImageData(painted, 0, 0);
+}
+
+// ----------------------------------------------------------------------------- the brush
+function canvasPoint(event) {
+  const box = maskCanvas.getBoundingClientRect();
+  return { x: (event.clientX - box.left) * maskCanvas.width / box.width,
+           y: (event.clientY - box.top) * maskCanvas.height / box.height };
+}
+
+function brushWidth() {  // the slider is in screen pixels; the canvas has the photograph's
+  const box = maskCanvas.getBoundingClientRect();
+  return Number($("brush-size").value) * maskCanvas.width / Math.max(box.width, 1);
+}
+
+function strokeTo(point) {
+  ctx.globalCompositeOperation = $("eraser").checked ? "destination-out" : "source-over";
+  ctx.strokeStyle = "rgb(255, 0, 0)";
+  ctx.lineCap = ctx.lineJoin = "round";
+  ctx.lineWidth = brushWidth();
+  ctx.beginPath();
+  ctx.moveTo(drawing.x, drawing.y);
+  ctx.lineTo(point.x + 0.01, point.y);  // a click paints a dot
+  ctx.stroke();
+  drawing = point;
+}
+
+maskCanvas.addEventListener("pointerdown", (event) => {
+  if (!photoBlob || event.button !== 0) return;
+  undoStack.push(ctx.getImageData(0, 0, maskCanvas.width, maskCanvas.height));
+  if (undoStack.length > UNDO_DEPTH) undoStack.shift();
+  maskCanvas.setPointerCapture(event.pointerId);
+  drawing = canvasPoint(event);
+  strokeTo(drawing);
+});
+maskCanvas.addEventListener("pointermove", (event) => { if (drawing) strokeTo(canvasPoint(event)); });
+for (const type of ["pointerup", "pointercancel"]) {
+  maskCanvas.addEventListener(type, () => { drawing = null; });
+}
+$("undo").addEventListener("click", () => { if (undoStack.length) ctx.putImageData(undoStack.pop(), 0, 0); });
+$("clear").addEventListener("click", () => {
+  undoStack.push(ctx.getImageData(0, 0, maskCanvas.width, maskCanvas.height));
+  ctx.clearRect(0, 0, maskCanvas.width, maskCanvas.height);
+});
+
+function maskPng() {  // painted (alpha ≥ 128) → white, the rest black
+  const painted = ctx.getImageData(0, 0, maskCanvas.width, maskCanvas.height);
+  const out = new ImageData(maskCanvas.width, maskCanvas.height);
+  for (let i = 0; i < painted.data.length; i += 4) {
+    const level = painted.data[i + 3] >= 128 ? 255 : 0;
+    out.data[i] = out.data[i + 1] = out.data[i + 2] = level;
+    out.data[i + 3] = 255;
+  }
+  const scratch = document.createElement("canvas");
+  scratch.width = out.width;
+  scratch.height = out.height;
+  scratch.getContext("2d").putImageData(out, 0, 0);
+  return new Promise((resolve) => scratch.toBlob(resolve, "image/png"));
+}
+
+// ----------------------------------------------------------------------------- running a job
+function showError(message) {
+  $("error").textContent = message || "";
+  $("error").hidden = !message;
+}
+
+function figure(url, caption, download) {
+  const item = document.createElement("figure");
+  const image = document.createElement("img");
+  image.src = url;
+  image.alt = caption;
+  if (download) {
+    const link = document.createElement("a");
+    link.href = url;
+    link.download = download;
+    link.append(image);
+    item.append(link);
+  } else {
+    item.append(image);
+  }
+  const text = document.createElement("figcaption");
+  text.textContent = caption;
+  item.append(text);
+  return item;
+}
+
+function downloadLink(url, text) {
+  const link = document.createElement("a");
+  link.href = url;
+  link.download = url.split("/").pop();
+  link.textContent = text;
+  return link;
+}
+
+function setRunning(running) {
+  $("run").disabled = running;
+}
+
+async function run(event) {
+  event.preventDefault();
+  showError("");
+  if (!photoBlob) return showError("Open a photograph first (or press Example).");
+  const data = new FormData();
+  data.append("image", photoBlob, photoName);
+  data.append("mask", await maskPng(), "mask.png");
+  for (const element of form.elements) {
+    if (!element.name) continue;
+    data.append(element.name, element.type === "checkbox" ? (element.checked ? "on" : "off") : element.value);
+  }
+  $("previews").replaceChildren();
+  $("results").replaceChildren();
+  $("downloads").replaceChildren();
+  setRunning(true);
+  document.body.dataset.state = "submitting";
+  let answer;
+  try {
+    const response = await fetch("/api/edit", { method: "POST", body: data });
+    answer = await response.json();
+    if (!response.ok) throw new Error(answer.error || `the server answered ${response.status}`);
+  } catch (error) {
+    document.body.dataset.state = "failed";
+    setRunning(false);
+    return showError(error.message);
+  }
+  document.body.dataset.job = answer.job;
+  poll(answer.job, 0);
+}
+
+async function poll(jobId, shown) {
+  let job;
+  try {
+    const response = await fetch(`/api/jobs/${jobId}`);
+    job = await response.json();
+    if (!response.ok) throw new Error(job.error || `the server answered ${response.status}`);
+  } catch (error) {
+    document.body.dataset.state = "failed";
+    setRunning(false);
+    return showError(error.message);
+  }
+  document.body.dataset.state = job.state;
+  $("progress").max = Math.max(job.steps, 1);
+  $("progress").value = job.step;
+  $("status").textContent = job.state === "running" ? `step ${job.step} / ${job.steps}` : job.state;
+  for (const url of job.previews.slice(shown)) {
+    const step = Number(url.match(/preview_(\d+)/)[1]);
+    $("previews").append(figure(url, `step ${step}`));
+  }
+  shown = job.previews.length;
+  if (job.state === "done") return showResults(job);
+  if (job.state === "failed") {
+    setRunning(false);
+    return showError(job.error);
+  }
+  polling = setTimeout(() => poll(jobId, shown), POLL_MS);
+}
+
+function showResults(job) {
+  job.results.forEach((url, index) => {
+    const caption = job.ranking ? `#${index + 1}` : `result ${index}`;
+    $("results").append(figure(url, caption, url.split("/").pop()));
+  });
+  const links = $("downloads");
+  job.results.forEach((url, index) => { links.append(downloadLink(url, `result_${index}.png`), " "); });
+  if (job.grid) links.append(downloadLink(job.grid, "grid.png (input | mask | results)"), " ");
+  if (job.ranking) links.append(downloadLink(job.ranking, "ranking.txt"));
+  if (job.warnings.length) showError(job.warnings.map((w) => `warning: ${w}`).join("\n"));
+  setRunning(false);
+}
+
+// ----------------------------------------------------------------------------- start
+async function start() {
+  const info = await (await fetch("/api/info")).json();
+  $("model").textContent = `model: ${info.model}`;
+  const fill = (select, values) => { for (const v of values) select.append(new Option(v, v)); };
+  fill(form.elements.variant, info.variants);
+  fill(form.elements.reconstruction, info.reconstructions);
+  fill(form.elements.rank, info.clip_names);
+  for (const [name, value] of Object.entries(info.defaults)) {
+    const element = form.elements[name];
+    if (!element) continue;
+    if (element.type === "checkbox") element.checked = Boolean(value); else element.value = value;
+  }
+  $("photo-file").addEventListener("change", async () => {
+    const file = $("photo-file").files[0];
+    if (!file) return;
+    showError("");
+    try { await loadPhoto(file, file.name); } catch (error) { showError(error.message); }
+  });
+  $("example").addEventListener("click", () => loadExample().catch((error) => showError(error.message)));
+  form.addEventListener("submit", run);
+  await loadExample();
+  document.body.dataset.ready = "1";
+}
+
+start().catch((error) => showError(`could not start: ${error.message}`));

@@ -1,0 +1,281 @@
+"""python -m blend.app's HTTP API, in-process, against a server on a free loopback port with the toy model."""
+import http.client
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from blend.app import EditServer, MAX_UPLOAD_BYTES
+from blend.cli import EXAMPLE_IMAGE, main as cli_main
+from blend.editor import load_model
+
+REPO = Path(__file__).resolve().parents[1]
+WAIT_S = 60
+
+
+@pytest.fixture(scope="module")
+def toy():
+    return load_model("toy")
+
+
+@pytest.fixture
+def server(toy, tmp_path):
+    server = EditServer(toy, "toy", tmp_path / "out", port=0, quiet=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.close()
+    thread.join(10)
+
+
+def photo_and_mask(width=128, height=96):
+    """A photograph whose long side is the toy's working size (so it is edited at its own size) and a box mask."""
+    photo = Image.open(EXAMPLE_IMAGE).convert("RGB").resize((width, height), Image.LANCZOS)
+    mask = np.zeros((height, width), np.uint8)
+    mask[20:60, 30:90] = 255
+    return photo, Image.fromarray(mask)
+
+
+def png(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def multipart(fields: dict) -> tuple[str, bytes]:
+    """(Content-Type, body) of a multipart/form-data form; a bytes value is sent as a file."""
+    boundary = uuid.uuid4().hex
+    parts = []
+    for name, value in fields.items():
+        if isinstance(value, bytes):
+            head = f'Content-Disposition: form-data; name="{name}"; filename="{name}.png"\r\nContent-Type: image/png'
+            data = value
+        else:
+            head, data = f'Content-Disposition: form-data; name="{name}"', str(value).encode()
+        parts.append(f"--{boundary}\r\n{head}\r\n\r\n".encode() + data + b"\r\n")
+    return f"multipart/form-data; boundary={boundary}", b"".join(parts) + f"--{boundary}--\r\n".encode()
+
+
+def request(server, method, path, body=None, headers=None):
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    try:
+        connection.request(method, path, body=body, headers=headers or {})
+        response = connection.getresponse()
+        return response.status, response.read(), response.getheader("Content-Type")
+    finally:
+        connection.close()
+
+
+def post_edit(server, **fields):
+    content_type, body = multipart(fields)
+    status, data, _ = request(server, "POST", "/api/edit", body, {"Content-Type": content_type})
+    return status, json.loads(data)
+
+
+def wait_for(server, job_id, states=("done", "failed")):
+    deadline = time.monotonic() + WAIT_S
+    while time.monotonic() < deadline:
+        status, data, _ = request(server, "GET", f"/api/jobs/{job_id}")
+        assert status == 200
+        job = json.loads(data)
+        if job["state"] in states:
+            return job
+        time.sleep(0.05)
+    pytest.fail(f"job {job_id} did not reach {states} in {WAIT_S} s: {job}")
+
+
+def fetch_image(server, url) -> np.ndarray:
+    status, data, content_type = request(server, "GET", url)
+    assert status == 200 and content_type == "image/png", (url, status)
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB")).astype(int)
+
+
+def test_edit_round_trip_paints_inside_the_mask_keeps_the_rest_and_writes_one_whole_folder(server):
+    photo, mask = photo_and_mask()
+    status, answer = post_edit(server, image=png(photo), mask=png(mask), prompt="a cat", steps=20, samples=2,
+                               seed=3, variant="paper")
+    assert status == 202, answer
+    job = wait_for(server, answer["job"])
+    assert job["state"] == "done", job
+    assert job["step"] == job["steps"] == 15                   # 20 steps, start 0.25: 15 run
+    assert len(job["results"]) == 2 and job["grid"] and job["mask"]
+    assert 1 <= len(job["previews"]) <= 15
+    source = np.asarray(photo).astype(int)
+    inside = np.asarray(mask) > 127
+    assert ((fetch_image(server, job["mask"])[..., 0] > 127) == inside).all()
+    for url in job["results"]:
+        result = fetch_image(server, url)
+        assert (result[~inside] == source[~inside]).all()      # paper variant, identity autoencoder: exact
+        assert np.abs(result[inside] - source[inside]).mean() > 10
+    preview = fetch_image(server, job["previews"][0])
+    assert preview.shape == (96, 128, 3)
+    folder = server.out / answer["job"]
+    assert sorted(p.name for p in folder.iterdir()) == sorted(
+        ["mask.png", "grid.png", "result_0.png", "result_1.png", *(u.rsplit("/", 1)[1] for u in job["previews"])])
+    assert [p.name for p in server.out.iterdir()] == [answer["job"]]  # nothing hidden or half-written left
+
+
+def cli_error(tmp_path, monkeypatch, capsys, photo: bytes, mask: bytes, *options) -> str:
+    """What python -m blend prints after 'error: ' for the same files and options."""
+    (tmp_path / "image.png").write_bytes(photo)
+    (tmp_path / "mask.png").write_bytes(mask)
+    monkeypatch.chdir(tmp_path)
+    capsys.readouterr()
+    assert cli_main(["--model", "toy", "--image", "image.png", "--mask", "mask.png", *options]) == 2
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line.startswith("error: ")
+    return line[len("error: "):]
+
+
+def test_bad_mask_or_option_is_refused_with_400_and_the_clis_message(server, tmp_path, monkeypatch, capsys):
+    photo, _ = photo_and_mask()
+    empty = png(Image.new("L", photo.size, 0))
+    status, answer = post_edit(server, image=png(photo), mask=empty, prompt="a cat")
+    assert status == 400
+    assert answer["error"] == cli_error(tmp_path, monkeypatch, capsys, png(photo), empty)
+    assert answer["error"].startswith("the mask is empty: nothing to edit")
+
+    _, mask = photo_and_mask()
+    status, answer = post_edit(server, image=png(photo), mask=png(mask), prompt="a cat", steps=0)
+    assert status == 400
+    assert answer["error"] == cli_error(tmp_path, monkeypatch, capsys, png(photo), png(mask), "--steps", "0")
+
+    status, answer = post_edit(server, image=png(photo), mask=b"GIF89a not really", prompt="a cat")
+    assert status == 400 and answer["error"].startswith("cannot read the mask file mask.png as an image")
+    status, answer = post_edit(server, image=png(photo), mask=png(mask), prompt="a dog")
+    assert status == 400 and "names none of them" in answer["error"]
+    status, answer = post_edit(server, image=png(photo), mask=png(mask), prompt="a cat", guidance_scale=2)
+    assert status == 400 and "'guidance_scale'" in answer["error"] and "guidance" in answer["error"]
+    status, answer = post_edit(server, image=png(photo), mask=png(mask), prompt="a cat", steps="ten")
+    assert status == 400 and answer["error"] == "argument --steps: invalid int value: 'ten'"
+    assert list(server.out.iterdir()) == []                  # a refused request writes nothing
+
+
+def test_upload_beyond_the_limit_is_refused_with_413(server):
+    content_type, body = multipart({"image": os.urandom(MAX_UPLOAD_BYTES + 2**20), "mask": b"x", "prompt": "a cat"})
+    status, data, _ = request(server, "POST", "/api/edit", body, {"Content-Type": content_type})
+    assert status == 413 and "at most 20 MiB" in json.loads(data)["error"]
+    assert list(server.out.iterdir()) == []
+
+
+def test_paths_outside_the_page_static_files_and_job_outputs_are_404(server):
+    photo, mask = photo_and_mask()
+    job_id = post_edit(server, image=png(photo), mask=png(mask), prompt="a cat", steps=8, samples=1)[1]["job"]
+    assert wait_for(server, job_id)["state"] == "done"
+    assert request(server, "GET", f"/results/{job_id}/result_0.png")[0] == 200
+    assert request(server, "GET", "/static/app.js")[0] == 200
+    outside = ["/../setup.cfg", "/static/../server.py", "/static/%2e%2e/server.py", "/static/..%2fserver.py",
+               "/static/%2E%2E%2F%2E%2E%2Fcli.py", "/static//etc/passwd", "//etc/passwd", "/etc/passwd",
+               "/static/app.js/..", "/static/./app.js", "/static/app.js%00", "/static\\app.js", "/blend/cli.py",
+               f"/results/{job_id}/../../setup.cfg", f"/results/{job_id}/..%2f..%2fsetup.cfg",
+               f"/results/{job_id}/%2e%2e/{job_id}/result_0.png", f"/results/{job_id}/result_9.png",
+               f"/results/{job_id}/.result_0.png.partial", f"/results/{job_id}//result_0.png",
+               f"/results/{job_id}/result_0.png/", "/results/0000000000000000/result_0.png",
+               f"/results/{job_id.upper()}/result_0.png", f"/results/{job_id}%2fresult_0.png",
+               "/api/jobs/../info", "/api/jobs/0000000000000000", "/static/", "/assets/example.jpg"]
+    for path in outside:
+        status, data, _ = request(server, "GET", path)
+        assert status == 404, (path, status)
+        assert json.loads(data)["error"].startswith(("not found", "no such job"))
+
+
+def test_two_jobs_queue_and_run_one_after_the_other(server, monkeypatch):
+    unet, gate, calls = server.components.unet, threading.Event(), []
+    forward = type(unet).forward
+
+    def gated(*args, **kwargs):  # the first job's steps wait at the gate
+        calls.append(time.monotonic())
+        assert gate.wait(WAIT_S)
+        return forward(unet, *args, **kwargs)
+
+    monkeypatch.setattr(unet, "forward", gated)
+    photo, mask = photo_and_mask()
+    first = post_edit(server, image=png(photo), mask=png(mask), prompt="a cat", steps=8, samples=1)[1]["job"]
+    second = post_edit(server, image=png(photo), mask=png(mask), prompt="a rocket", steps=8, samples=1)[1]["job"]
+    deadline = time.monotonic() + WAIT_S
+    while not calls and time.monotonic() < deadline:
+        time.sleep(0.01)
+    states = [json.loads(request(server, "GET", f"/api/jobs/{job}")[1])["state"] for job in (first, second)]
+    assert states == ["running", "queued"]
+    gate.set()
+    done_first, done_second = wait_for(server, first), wait_for(server, second)
+    assert done_first["state"] == done_second["state"] == "done"
+    assert (server.out / first).is_dir() and (server.out / second).is_dir()
+    assert (server.out / first / "grid.png").stat().st_mtime <= (server.out / second / "mask.png").stat().st_mtime
+
+
+def test_stopping_the_server_removes_the_running_jobs_unfinished_folder(server, monkeypatch):
+    unet, started = server.components.unet, threading.Event()
+    forward = type(unet).forward
+
+    def slow(*args, **kwargs):
+        started.set()
+        time.sleep(0.05)
+        return forward(unet, *args, **kwargs)
+
+    monkeypatch.setattr(unet, "forward", slow)
+    photo, mask = photo_and_mask()
+    job_id = post_edit(server, image=png(photo), mask=png(mask), prompt="a cat", steps=400, samples=1)[1]["job"]
+    assert started.wait(WAIT_S)
+    assert any(path.name.endswith(".partial") for path in server.out.iterdir())
+    server.jobs.stop()
+    job = server.jobs.status(job_id)
+    assert job["state"] == "failed" and "stopped" in job["error"] and job["results"] == []
+    assert list(server.out.iterdir()) == []
+
+
+def test_requests_for_another_host_or_from_another_origin_are_refused(server):
+    status, _, _ = request(server, "GET", "/", headers={"Host": f"attacker.example:{server.port}"})
+    assert status == 403
+    photo, mask = photo_and_mask()
+    content_type, body = multipart({"image": png(photo), "mask": png(mask), "prompt": "a cat"})
+    status, data, _ = request(server, "POST", "/api/edit", body,
+                              {"Content-Type": content_type, "Origin": "http://attacker.example"})
+    assert status == 403 and list(server.out.iterdir()) == []
+
+
+def test_ctrl_c_stops_python_m_blend_app_cleanly(tmp_path):
+    process = subprocess.Popen([sys.executable, "-m", "blend.app", "--model", "toy", "--port", "0", "--out",
+                                str(tmp_path / "out")], cwd=REPO, stderr=subprocess.PIPE, text=True)
+    try:
+        lines, deadline = [], time.monotonic() + WAIT_S
+        while time.monotonic() < deadline and not any(line.startswith("serving") for line in lines):
+            lines.append(process.stderr.readline())
+        assert any("serving toy at http://127.0.0.1:" in line for line in lines), lines
+        process.send_signal(signal.SIGINT)
+        assert process.wait(WAIT_S) == 0
+        assert "stopping" in process.stderr.read()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+@pytest.mark.parametrize("preview_cost, expected", [(2.0, range(4, 7)), (0.001, range(100, 101))])
+def test_previews_stay_under_a_tenth_of_the_time_unless_they_are_cheap(monkeypatch, preview_cost, expected):
+    """100 steps of 1 s: a 2 s decode is taken every ~20 steps (k = cost / 10%), a 1 ms one at every step."""
+    from blend.app import jobs
+    clock = [0.0]
+    monkeypatch.setattr(jobs.time, "perf_counter", lambda: clock[0])
+    schedule, taken = jobs.PreviewSchedule(), 0
+    for _ in range(100):
+        clock[0] += 1.0                       # the step
+        if schedule.after_step():
+            started = clock[0]
+            clock[0] += preview_cost          # the decode and the PNG
+            schedule.preview_took(started)
+            taken += 1
+    assert taken in expected
+    if preview_cost > jobs.CHEAP_PREVIEW_S:
+        assert schedule.previews_time <= jobs.PREVIEW_FRACTION * schedule.steps_time + preview_cost

@@ -1,0 +1,141 @@
+"""The paint-and-edit page in a real browser: headless Chromium, driven by Selenium, paints a stroke with
+pointer events, runs the toy model and checks what came back. Marked `browser`; skipped, with the
+reason, when Selenium, Chromium or chromedriver cannot be had (.ci/run installs Debian's).
+
+The screenshot is written to $BLEND_TEST_ARTEFACTS/paint_and_edit.png (default: outputs/test-artefacts/).
+"""
+import io
+import json
+import os
+import shutil
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from blend.app import EditServer
+from blend.cli import EXAMPLE_IMAGE
+from blend.editor import load_model
+
+pytestmark = pytest.mark.browser
+REPO = Path(__file__).resolve().parents[1]
+WAIT_S = 90
+CHROMIUMS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
+
+
+def chrome_driver():
+    """A headless Chromium WebDriver, or a skip that says what is missing."""
+    try:
+        from selenium import webdriver
+        from selenium.webdriver.chrome.service import Service
+    except ImportError:
+        pytest.skip("needs selenium (the test extra: pip install -e '.[test]')")
+    browser = next((shutil.which(name) for name in CHROMIUMS if shutil.which(name)), None)
+    driver_path = shutil.which("chromedriver")
+    if browser is None or driver_path is None:
+        pytest.skip(f"needs Chromium and chromedriver on PATH (found browser {browser}, driver {driver_path}); "
+                    f"on Debian: apt-get install chromium chromium-driver (.ci/run does)")
+    options = webdriver.ChromeOptions()
+    options.binary_location = browser
+    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+                     "--window-size=1280,860", "--no-first-run", "--disable-extensions"):
+        options.add_argument(argument)
+    try:
+        driver = webdriver.Chrome(service=Service(executable_path=driver_path), options=options)
+    except Exception as error:  # a browser that cannot start here (no display libraries, …)
+        pytest.skip(f"Chromium could not start: {str(error).splitlines()[0]}")
+    driver.set_page_load_timeout(WAIT_S)
+    driver.set_script_timeout(WAIT_S)
+    return driver
+
+
+@pytest.fixture
+def server(tmp_path):
+    server = EditServer(load_model("toy"), "toy", tmp_path / "out", port=0, quiet=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.close()
+    thread.join(10)
+
+
+def get(server, url: str) -> bytes:
+    with urllib.request.urlopen(f"http://127.0.0.1:{server.port}{url}", timeout=30) as response:
+        return response.read()
+
+
+def wait_until(driver, script: str, what: str):
+    deadline = time.monotonic() + WAIT_S
+    while time.monotonic() < deadline:
+        value = driver.execute_script(script)
+        if value:
+            return value
+        time.sleep(0.1)
+    state, error = driver.execute_script("return [document.body.dataset.state, document.getElementById('error').textContent]")
+    pytest.fail(f"the page did not {what} within {WAIT_S} s (state {state!r}, error {error!r})")
+
+
+def test_page_paints_a_stroke_with_pointer_events_and_the_toy_edits_inside_it_only(server, tmp_path):
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+
+    width, height = 128, 96  # the toy's working size is its long side 128: edited at the photograph's own size
+    photo = Image.open(EXAMPLE_IMAGE).convert("RGB").resize((width, height), Image.LANCZOS)
+    photo.save(tmp_path / "photo.png")
+    driver = chrome_driver()
+    try:
+        driver.get(server.url)
+        wait_until(driver, "return document.body.dataset.ready", "start (load /api/info and the example)")
+        driver.find_element(By.ID, "photo-file").send_keys(str(tmp_path / "photo.png"))
+        wait_until(driver, f"return document.body.dataset.photo === '{width}x{height}'", "show the uploaded photo")
+        driver.find_element(By.ID, "clear").click()
+        driver.execute_script("""
+            const form = document.getElementById('options');
+            form.elements.prompt.value = 'a cat'; form.elements.steps.value = 20; form.elements.samples.value = 2;
+            form.elements.seed.value = 7; document.getElementById('brush-size').value = 60;""")
+
+        canvas = driver.find_element(By.ID, "mask")
+        box = canvas.rect                                        # the canvas as displayed, in CSS pixels
+        stroke = ActionChains(driver).move_to_element_with_offset(canvas, -int(box["width"] * 0.3), 0).click_and_hold()
+        for step in range(1, 7):                                 # left to right through the middle
+            stroke.move_to_element_with_offset(canvas, int(box["width"] * (-0.3 + 0.1 * step)), 0)
+        stroke.release().perform()
+
+        driver.find_element(By.ID, "run").click()
+        state = wait_until(driver, "const s = document.body.dataset.state; return (s === 'done' || s === 'failed') && s",
+                           "finish the job")
+        assert state == "done", driver.find_element(By.ID, "error").text
+        wait_until(driver, "return [...document.images].every((image) => image.complete && image.naturalWidth > 0)",
+                   "load its images")
+        shown = driver.execute_script("""return {
+            previews: document.querySelectorAll('#previews img').length,
+            results: document.querySelectorAll('#results img').length,
+            downloads: [...document.querySelectorAll('#downloads a[download]')].map((a) => a.textContent),
+            progress: [document.getElementById('progress').value, document.getElementById('progress').max]}""")
+        job_id = driver.execute_script("return document.body.dataset.job")
+        artefacts = Path(os.environ.get("BLEND_TEST_ARTEFACTS", REPO / "outputs" / "test-artefacts"))
+        artefacts.mkdir(parents=True, exist_ok=True)
+        driver.save_screenshot(str(artefacts / "paint_and_edit.png"))
+    finally:
+        driver.quit()
+
+    assert shown["results"] == 2 and shown["previews"] >= 1 and shown["progress"] == [15, 15]
+    assert shown["downloads"][:2] == ["result_0.png", "result_1.png"] and shown["downloads"][2].startswith("grid.png")
+    job = json.loads(get(server, f"/api/jobs/{job_id}"))
+    mask = np.asarray(Image.open(io.BytesIO(get(server, job["mask"]))).convert("L")) > 127
+    rows, columns = np.nonzero(mask)
+    # the stroke, as painted: a horizontal band through the middle, from 20% to 80% of the width
+    assert abs(rows.mean() - height / 2) < 3 and 5 <= rows.max() - rows.min() <= 25
+    assert abs(columns.min() - 0.2 * width) < 10 and abs(columns.max() - 0.8 * width) < 10
+    source = np.asarray(photo).astype(int)
+    for url in job["results"]:
+        result = np.asarray(Image.open(io.BytesIO(get(server, url))).convert("RGB")).astype(int)
+        assert (result[~mask] == source[~mask]).all()            # outside the stroke: the photo, exactly
+        assert np.abs(result[mask] - source[mask]).mean() > 10   # inside: painted towards "a cat"
+    print(f"browser saw: {shown}; mask {mask.sum()} px, rows {rows.min()}..{rows.max()}, "
+          f"columns {columns.min()}..{columns.max()}; screenshot {artefacts / 'paint_and_edit.png'}")
