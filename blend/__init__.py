@@ -10,6 +10,7 @@
     errors.py          EditInputError: a bad image, mask or option
     editor.py          edit(image, mask, prompt, ...) -> PIL images
     cli.py             python -m blend
+    batch.py           python -m blend.batch: a manifest of edits (manifest.py), data-parallel under torchrun
 """
 from .algorithm import VARIANTS, blended_latent_diffusion
 from .editor import EditInputError, edit

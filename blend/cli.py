@@ -50,6 +50,17 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="the photograph to edit, given with --mask (default: the example and its mask)")
     parser.add_argument("--mask", default=None, help="white (1) = edit, black (0) = keep; given with --image")
     parser.add_argument("--prompt", default=EXAMPLE_PROMPT, help=f"what the masked region becomes ({EXAMPLE_PROMPT!r})")
+    add_edit_options(parser)
+    parser.add_argument("--seed", type=int, default=42, help="0 to 2**64 - 1, torch's range (default 42)")
+    parser.add_argument("--device", default=None,
+                        help="cpu, cuda, cuda:N, mps or xpu, available on this machine (default: cuda when available)")
+    parser.add_argument("--out", default=None, help="output folder (default: outputs/<image>-<prompt>; "
+                                                    "a new name is chosen when it exists)")
+    return parser.parse_args(argv)
+
+
+def add_edit_options(parser: argparse.ArgumentParser) -> None:
+    """The edit options that `python -m blend` and `python -m blend.batch` share (model, schedule, ranking, size)."""
     parser.add_argument("--model", default="sd-2.1-base",
                         help="sd-2.1-base (default, as the official script), sd-1.5, sd-2.1, a .safetensors file, "
                              "a diffusers folder, 'toy' (offline, exact toy model) or 'tiny' (random weights)")
@@ -64,7 +75,6 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="fraction of the steps skipped, in [0, 1) with at least one step left to run "
                              "(default 0.25)")
     parser.add_argument("--samples", type=int, default=4, help="number of results, at least 1 (default 4)")
-    parser.add_argument("--seed", type=int, default=42, help="0 to 2**64 - 1, torch's range (default 42)")
     parser.add_argument("--variant", choices=VARIANTS, default="paper",
                         help="Algorithm 1 as the paper intends it (paper), or an official script's loop (README: variants)")
     parser.add_argument("--shrink", action="store_true", help="progressive mask shrinking (paper §4.3)")
@@ -73,14 +83,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="rank the results by CLIP (paper §4.4), best first, with their distances in ranking.txt; "
                              "CLIP is ViT-B/16 (default, as the official code), ViT-L/14, tiny or a model.safetensors")
     parser.add_argument("--dtype", choices=tuple(DTYPES), default=None, help="weights' dtype (default: the loader's)")
-    parser.add_argument("--device", default=None,
-                        help="cpu, cuda, cuda:N, mps or xpu, available on this machine (default: cuda when available)")
     parser.add_argument("--size", type=int, default=None,
                         help="working long side in pixels, at least what each side must divide by (64 for SD, "
                              f"16 for tiny, 1 for the toy); a warning above {LARGE_SIZE} (default: the model's)")
-    parser.add_argument("--out", default=None, help="output folder (default: outputs/<image>-<prompt>; "
-                                                    "a new name is chosen when it exists)")
-    return parser.parse_args(argv)
 
 
 def main(argv=None) -> int:
@@ -177,16 +182,8 @@ def edit_and_write(args: argparse.Namespace, image: Image.Image, mask, output: "
     except EditInputError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    lines = []
     try:
-        for index, result in enumerate(results):
-            result.save(output.temporary / f"result_{index}.png")
-        grid(image, mask, results).save(output.temporary / "grid.png")
-        if args.rank:
-            lines = [f"result_{index}.png  sample {result.info['sample']}  "
-                     f"clip_distance {result.info['clip_distance']:.6f}" for index, result in enumerate(results)]
-            (output.temporary / "ranking.txt").write_text(
-                f"# ranked by CLIP {args.rank} (paper §4.4): lower distance is better\n" + "\n".join(lines) + "\n")
+        lines = write_results(output.temporary, image, mask, results, args.rank)
         folder = output.commit()
     except OSError as error:
         print(f"error: could not write the results for {output.wanted}: {error.strerror or error}"
@@ -198,6 +195,24 @@ def edit_and_write(args: argparse.Namespace, image: Image.Image, mask, output: "
     print(f"{len(results)} results for {args.prompt!r} ({args.model}, {time.perf_counter() - started:.1f} s) "
           f"written to {folder}/ : result_0..{len(results) - 1}.png and grid.png (input | mask | results)")
     return 0
+
+
+def write_results(folder: Path, image: Image.Image, mask, results: list, rank: str | None) -> list:
+    """result_<k>.png, grid.png and, when ranked by CLIP `rank`, ranking.txt into `folder`; its lines.
+
+    ranking.txt: a '#' comment line, then one line per result, best first (lowest distance):
+    `result_<k>.png  sample <index before ranking>  clip_distance <cosine distance, 6 decimals>`.
+    """
+    for index, result in enumerate(results):
+        result.save(folder / f"result_{index}.png")
+    grid(image, mask, results).save(folder / "grid.png")
+    if not rank:
+        return []
+    lines = [f"result_{index}.png  sample {result.info['sample']}  clip_distance {result.info['clip_distance']:.6f}"
+             for index, result in enumerate(results)]
+    (folder / "ranking.txt").write_text(f"# ranked by CLIP {rank} (paper §4.4): lower distance is better\n"
+                                        + "\n".join(lines) + "\n")
+    return lines
 
 
 def pickle_refusal_message(model: str, pickled: Path) -> str:

@@ -24,6 +24,7 @@ and exits with status 2. The ranges:
 What needs the network (is a preset's Hub repository reachable, are the files cached?) or the
 weights (does the file hold a model?) is left to the loader.
 """
+import json
 import math
 import numbers
 import warnings
@@ -46,11 +47,15 @@ CLI_FLAGS = {"num_samples": "--samples", "guidance_scale": "--guidance"}
 
 
 def option_problem(*, steps=50, start=0.25, guidance_scale=None, num_samples=1, seed=42, size=None, device=None,
-                   variant="paper", reconstruction="none", model="toy", rank=None, cli=False) -> str | None:
+                   variant="paper", reconstruction="none", model="toy", rank=None, cli=False,
+                   manifest=False) -> str | None:
     """The first option out of its range, as one sentence naming the option as the caller spelled it."""
     def named(option: str, value) -> str:  # "--steps 1001" for the CLI, "steps=1001" for Python
+        flag = CLI_FLAGS.get(option, '--' + option.replace('_', '-'))
+        if manifest:  # a manifest line of python -m blend.batch: its keys are the flags' names
+            return f"{json.dumps(flag[2:])}: {json.dumps(value, default=str)}"
         if cli:
-            return f"{CLI_FLAGS.get(option, '--' + option.replace('_', '-'))} {value}"
+            return f"{flag} {value}"
         return f"{option}={value!r}"
 
     if variant not in VARIANTS:

@@ -1,0 +1,309 @@
+"""`python -m blend.batch`: the edits of a manifest, data-parallel under torchrun, resumable.
+
+    python -m blend.batch edits.jsonl --out results --model toy --samples 4 --rank tiny
+    torchrun --nproc_per_node 8 -m blend.batch edits.jsonl --out results --samples 4 --rank
+
+The manifest has one JSON object per line, {"id", "image", "mask", "prompt"} with an optional "seed"
+and per-item options (blend/manifest.py has the rules). The command line takes the edit options of
+`python -m blend` (--model --steps --guidance --start --samples --variant --shrink --reconstruction
+--rank --dtype --size --allow-pickle); a line's options override them for that item.
+
+Processes. Alone, one process does every item. Under torchrun (RANK, WORLD_SIZE, LOCAL_RANK set),
+process `rank` of `world_size` takes the items i (in manifest order, from 0) with
+i % world_size == rank. Each loads the model once, when its first item needs it, on cuda:LOCAL_RANK
+when there are GPUs (hide them with CUDA_VISIBLE_DEVICES= to run on the CPU), else on the CPU.
+torch.distributed (nccl on GPUs, gloo on the CPU) serves only a barrier at the start (after rank 0
+has removed the last run's failures.jsonl) and the summary at the end.
+
+Results, under --out DIR:
+    DIR/<id>/result_<k>.png   k = 0 … samples − 1; best first with --rank
+    DIR/<id>/grid.png         input | mask | results
+    DIR/<id>/ranking.txt      with --rank: a '#' comment line, then one line per result, best first:
+                              `result_<k>.png  sample <index before ranking>  clip_distance <d>`
+                              (cosine distance of CLIP(result ⊙ mask) to CLIP(prompt), paper §4.4)
+    DIR/failures.jsonl        one {"id", "error"} line per item this run could not do
+An item folder is whole or absent: it is written as DIR/.<id>.<8 hex digits>.partial and renamed
+when complete. An item that cannot be done (unreadable image, empty mask, a prompt the model cannot
+take, …) goes to failures.jsonl and the run goes on.
+
+Resuming. An existing DIR/<id> folder is finished and skipped, whatever options made it; other items
+are done again, failed ones included. --redo does every item again, replacing its folder only once
+the new one is whole. Hidden .partial folders that a killed run left are removed by the next run.
+
+Reproducibility. An item's seed is the manifest's or, by default, derived from its id
+(blend.manifest.default_seed: SHA-256), and edit() draws from its own torch.Generator on the item's
+device; so a result depends on the item alone, not on the number of processes or on the rank. (The
+bits still depend on the device type and on the CPU threads' summation order, as any float result.)
+
+Output: one progress line per item on stderr, prefixed by the process's rank; at the end rank 0
+prints one summary: items done, skipped and failed, wall time, and items done per minute.
+Exit status: 0 every item done or skipped; 1 some failed (failures.jsonl says which) or the model
+could not be loaded; 2 the options or the manifest refused, each problem with its line number,
+before any work; 130 interrupted (Ctrl-C, or SIGTERM from torchrun), with nothing half-written.
+"""
+import argparse
+import fcntl
+import json
+import os
+import re
+import shutil
+import signal
+import sys
+import time
+import warnings
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+import torch
+
+from .cli import (
+    DTYPES,
+    ResultFolder,
+    add_edit_options,
+    cannot_load_message,
+    pickle_refusal_message,
+    unwritable_message,
+    write_results,
+)
+from .editor import edit, load_model
+from .errors import EditInputError
+from .images import read_image, read_mask
+from .manifest import ManifestError, read_manifest
+from .options import option_problem, warn_if_large
+
+FAILURES = "failures.jsonl"
+PARTIAL = re.compile(r"\.(?P<id>.+)\.[0-9a-f]{8}\.partial")  # ResultFolder's hidden names
+# The final barrier waits for the slowest process; its share may take days, so wait that long.
+BARRIER_TIMEOUT = timedelta(days=7)
+
+
+@dataclass(frozen=True)
+class Process:
+    """Where this process stands: torchrun's RANK, WORLD_SIZE and LOCAL_RANK (0, 1, 0 alone)."""
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @classmethod
+    def from_environment(cls) -> "Process":
+        return cls(*(int(os.environ.get(name, default)) for name, default in
+                     (("RANK", 0), ("WORLD_SIZE", 1), ("LOCAL_RANK", 0))))
+
+    def say(self, line: str) -> None:
+        print(f"[rank {self.rank}/{self.world_size}] {line}", file=sys.stderr, flush=True)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m blend.batch", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("manifest", help="the JSON Lines file of edits (blend/manifest.py)")
+    parser.add_argument("--out", required=True, help="the folder of the results, one sub-folder per item id")
+    add_edit_options(parser)
+    parser.add_argument("--redo", action="store_true", help="redo the finished items too (default: skip them)")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args, process = parse_args(argv), Process.from_environment()
+    previous = signal.signal(signal.SIGTERM, _interrupt)  # torchrun stops its workers with SIGTERM
+    try:
+        with warnings.catch_warnings():  # warnings as plain "warning: ..." lines, for this run only
+            warnings.simplefilter("always")
+            warnings.showwarning = lambda message, *_, **__: process.say(f"warning: {message}")
+            return run(args, process)
+    except KeyboardInterrupt:
+        process.say("interrupted: finished items are whole in their folders; run again to resume")
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def run(args: argparse.Namespace, process: Process) -> int:
+    """Check everything, then do this process's share of the manifest (exit status: module docstring)."""
+    options = {"steps": args.steps, "guidance_scale": args.guidance, "start": args.start,
+               "num_samples": args.samples, "variant": args.variant, "shrink": args.shrink,
+               "reconstruction": args.reconstruction, "size": args.size}
+    problems = refusals(args, options)
+    if not problems:
+        try:
+            items = read_manifest(args.manifest, options, model=args.model)
+        except ManifestError as error:
+            problems = error.problems
+    out = Path(args.out)
+    if not problems:
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            problems = [unwritable_message(out, error, given=True)]
+    if not problems:
+        device, problem = choose_device(process)
+        problems = [problem] if problem else []
+    if problems:
+        if process.local_rank == 0:  # one copy per machine, not one per process
+            print("\n".join(f"error: {problem}" for problem in problems), file=sys.stderr)
+        return 2
+    warn_if_large(args.size)
+
+    started = time.perf_counter()
+    distributed = process.world_size > 1
+    if distributed:
+        torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=BARRIER_TIMEOUT,
+                                             device_id=device if device.type == "cuda" else None)
+    if process.rank == 0:
+        (out / FAILURES).unlink(missing_ok=True)  # it lists this run's failures only
+    if distributed:
+        torch.distributed.barrier()
+    share = items[process.rank::process.world_size]
+    remove_partials(out, {item.id for item in share})
+    try:
+        counts = Worker(args, process, device, out).do(share)
+    except ModelUnavailable as error:
+        process.say(str(error))
+        return 1
+    if distributed:
+        torch.distributed.barrier()
+        totals = torch.tensor(counts, dtype=torch.int64, device=device)
+        torch.distributed.all_reduce(totals)
+        counts = totals.tolist()
+        torch.distributed.destroy_process_group()
+    done, skipped, failed = counts
+    if process.rank == 0:
+        minutes = max(time.perf_counter() - started, 1e-6) / 60
+        print(f"blend.batch: {len(items)} item{'s' * (len(items) != 1)}: {done} done, {skipped} skipped, "
+              f"{failed} failed"
+              f"{f' (see {out / FAILURES})' if failed else ''}; {60 * minutes:.1f} s on {process.world_size} "
+              f"process{'es' * (process.world_size != 1)}, {done / minutes:.1f} items done per minute", flush=True)
+    return 1 if failed else 0
+
+
+def refusals(args: argparse.Namespace, options: dict) -> list:
+    """The command line's problems that can be told without loading anything (as python -m blend)."""
+    problem = option_problem(**{name: value for name, value in options.items() if name != "shrink"},
+                             model=args.model, rank=args.rank, cli=True)
+    if problem is None and not args.allow_pickle:
+        from weights.pickle_checkpoint import is_pickle_checkpoint
+        if is_pickle_checkpoint(Path(args.model).expanduser()):
+            problem = pickle_refusal_message(args.model, Path(args.model).expanduser())
+    return [problem] if problem else []
+
+
+def choose_device(process: Process) -> tuple:
+    """cuda:LOCAL_RANK when there are GPUs, else the CPU; or a problem when there are fewer GPUs than processes."""
+    if not torch.cuda.is_available():
+        return torch.device("cpu"), None
+    count = torch.cuda.device_count()
+    if process.local_rank >= count:
+        return None, (f"this process has LOCAL_RANK {process.local_rank}, but this machine has {count} GPU(s): "
+                      f"start at most {count} processes per machine (torchrun --nproc_per_node {count}), or "
+                      f"run on the CPU with CUDA_VISIBLE_DEVICES=")
+    torch.cuda.set_device(process.local_rank)
+    return torch.device("cuda", process.local_rank), None
+
+
+def remove_partials(out: Path, ids: set) -> None:
+    """Remove the hidden .partial folders that a killed run left for these items (no other process's)."""
+    for entry in os.scandir(out):
+        match = PARTIAL.fullmatch(entry.name)
+        if match and match["id"] in ids:
+            shutil.rmtree(entry.path, ignore_errors=True)
+
+
+class ModelUnavailable(RuntimeError):
+    """The model or the CLIP ranker could not be loaded: the whole run stops (exit 1)."""
+
+
+class Worker:
+    """One process's share: each item edited with the model loaded once, written whole, or recorded as failed."""
+
+    def __init__(self, args: argparse.Namespace, process: Process, device: torch.device, out: Path):
+        self.args, self.process, self.device, self.out = args, process, device, out
+        self.model, self.ranker = None, None
+
+    def do(self, share: list) -> list:
+        """[done, skipped, failed] for the items of `share`, one progress line each."""
+        counts = [0, 0, 0]
+        for number, item in enumerate(share, start=1):
+            where = f"{number}/{len(share)} {item.id}"
+            if (self.out / item.id).is_dir() and not self.args.redo:
+                counts[1] += 1
+                self.process.say(f"{where}: skipped, already in {self.out / item.id}/ (--redo redoes it)")
+                continue
+            started = time.perf_counter()
+            try:
+                written = self.edit_and_write(item)
+            except (KeyboardInterrupt, ModelUnavailable):
+                raise
+            except Exception as error:  # this item cannot be done: record it, go on with the next
+                counts[2] += 1
+                message = str(error) if isinstance(error, EditInputError) else f"{type(error).__name__}: {error}"
+                record_failure(self.out / FAILURES, item.id, message)
+                self.process.say(f"{where}: failed: {message}")
+                continue
+            counts[0] += 1
+            seconds = time.perf_counter() - started
+            self.process.say(f"{where}: done, {written} result{'s' * (written != 1)} in {seconds:.1f} s")
+        return counts
+
+    def edit_and_write(self, item) -> int:
+        image = read_image(item.image)
+        mask = read_mask(item.mask, image.size)
+        self.load()
+        results = edit(image, mask, item.prompt, model=self.model, seed=item.seed, device=str(self.device),
+                       ranker=self.ranker, **item.options)
+        folder = ItemFolder(self.out / item.id)
+        try:
+            write_results(folder.temporary, image, mask, results, self.args.rank)
+            folder.commit()
+        finally:
+            folder.discard()  # unless it was renamed into place
+        return len(results)
+
+    def load(self) -> None:
+        """The model and the ranker, once, when the first item needs them."""
+        if self.model is not None:
+            return
+        args = self.args
+        try:
+            self.model = load_model(args.model, dtype=DTYPES.get(args.dtype), device=str(self.device),
+                                    allow_pickle=args.allow_pickle)
+        except Exception as error:
+            raise ModelUnavailable(cannot_load_message(args.model, error)) from error
+        if args.rank:
+            from weights import load_clip
+            try:
+                self.ranker = load_clip(args.rank)  # on the CPU, where blend.rank reads the results
+            except Exception as error:
+                self.model = None
+                raise ModelUnavailable(f"error: could not load the CLIP ranker {args.rank!r}: {error}") from error
+
+
+class ItemFolder(ResultFolder):
+    """An item's folder: written hidden beside DIR/<id>, then renamed to DIR/<id>, replacing an older one."""
+
+    def commit(self) -> Path:
+        aside = None
+        if self.wanted.is_dir() and not self.wanted.is_symlink():  # --redo: keep the old one until the new is whole
+            aside = self._make_hidden(self.wanted.parent)
+            os.rename(self.wanted, aside)
+        os.rename(self.temporary, self.wanted)
+        self.final = self.wanted
+        if aside is not None:
+            shutil.rmtree(aside, ignore_errors=True)
+        return self.wanted
+
+
+def record_failure(path: Path, item_id: str, error: str) -> None:
+    """Append {"id", "error"} to failures.jsonl, one whole line under a lock (several processes append)."""
+    with open(path, "a", encoding="utf-8") as failures:
+        fcntl.flock(failures, fcntl.LOCK_EX)
+        failures.write(json.dumps({"id": item_id, "error": error}) + "\n")
+        failures.flush()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,132 @@
+"""The manifest of `python -m blend.batch`: one edit per line, checked whole before any work.
+
+A manifest is a JSON Lines file: each non-blank line is one JSON object
+
+    {"id": "cat-01", "image": "images/01.jpg", "mask": "masks/01.png", "prompt": "a cat"}
+
+with an optional "seed" (0 … 2**64 − 1) and optional per-item options that override the command
+line's, under the flags' names: "steps", "guidance", "start", "samples", "variant", "shrink",
+"reconstruction", "size". Relative image and mask paths are taken from the manifest's folder.
+
+  id      the item's folder name under --out: letters, digits and . _ - + = @ , (not first a dot),
+          at most 200 characters, unique (also ignoring case, for case-insensitive file systems)
+  seed    default: the first 8 bytes of SHA-256(id) read as a big-endian integer (`default_seed`),
+          so that an item's result depends on its id and options only, not on which process runs it
+
+Every line is checked (JSON, keys, types, and the merged options through blend.options'
+`option_problem`), and every problem is reported with its line number. Whether an image can be
+read is not checked here: an unreadable image or an empty mask fails that item only, at run time.
+"""
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .options import option_problem
+
+REQUIRED = ("id", "image", "mask", "prompt")
+OVERRIDES = {"steps": "steps", "guidance": "guidance_scale", "start": "start", "samples": "num_samples",
+             "variant": "variant", "shrink": "shrink", "reconstruction": "reconstruction", "size": "size"}
+ID_PATTERN = re.compile(r"[A-Za-z0-9_+=@,-][A-Za-z0-9._+=@,-]{0,199}")
+RESERVED_IDS = ("failures.jsonl",)
+
+
+class ManifestError(ValueError):
+    """Bad manifest lines: `problems` holds one "MANIFEST line N: ..." sentence per problem."""
+
+    def __init__(self, problems: list):
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+@dataclass(frozen=True)
+class Item:
+    """One edit of the manifest: `options` are edit()'s keyword arguments (command line, then the line's)."""
+    line: int
+    id: str
+    image: Path
+    mask: Path
+    prompt: str
+    seed: int
+    options: dict = field(default_factory=dict)
+
+
+def default_seed(item_id: str) -> int:
+    """The seed of an item without one: SHA-256 of the id (UTF-8), first 8 bytes, big-endian (0 … 2**64 − 1)."""
+    return int.from_bytes(hashlib.sha256(item_id.encode("utf-8")).digest()[:8], "big")
+
+
+def read_manifest(path, options: dict, model="toy") -> list:
+    """The items of the manifest at `path`, each with `options` (edit()'s keywords) overridden by its line.
+
+    Raises ManifestError naming every bad line, or the file, before anything is done.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise ManifestError([f"cannot read the manifest {path}: {getattr(error, 'strerror', None) or error}. "
+                             f"Expected a UTF-8 JSON Lines file, one edit per line"]) from None
+    items, problems, seen = [], [], {}
+    for number, text_line in enumerate(text.splitlines(), start=1):
+        if not text_line.strip():
+            continue
+        try:
+            item = parse_line(text_line, number, path.parent, options, model)
+        except ValueError as error:
+            problems.append(f"{path} line {number}: {error}")
+            continue
+        items.append(item)
+        earlier = seen.setdefault(item.id.casefold(), number)
+        if earlier != number:
+            problems.append(f"{path} line {number}: the id {item.id!r} is already used on line {earlier} (ids name "
+                            f"folders, and may not differ only in case); give each item its own id")
+    if not items and not problems:
+        problems.append(f"{path}: the manifest has no items; expected one JSON object per line, like "
+                        f'{{"id": "cat-01", "image": "photo.jpg", "mask": "mask.png", "prompt": "a cat"}}')
+    if problems:
+        raise ManifestError(problems)
+    return items
+
+
+def parse_line(text: str, number: int, folder: Path, options: dict, model) -> Item:
+    """Line `number` of a manifest in `folder` as an Item; ValueError says what is wrong with it."""
+    try:
+        entry = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"not valid JSON ({error}); expected one object per line, like "
+                         f'{{"id": "cat-01", "image": "photo.jpg", "mask": "mask.png", "prompt": "a cat"}}') from None
+    if not isinstance(entry, dict):
+        raise ValueError(f"expected a JSON object with the keys {', '.join(REQUIRED)}, found a "
+                         f"{type(entry).__name__}")
+    missing = [key for key in REQUIRED if key not in entry]
+    if missing:
+        raise ValueError(f"missing {', '.join(repr(key) for key in missing)}; every line needs "
+                         f"{', '.join(REQUIRED)}")
+    unknown = sorted(set(entry) - set(REQUIRED) - {"seed"} - set(OVERRIDES))
+    if unknown:
+        raise ValueError(f"unknown key(s) {', '.join(repr(key) for key in unknown)}; a line may hold "
+                         f"{', '.join(REQUIRED)}, 'seed' and the options {', '.join(OVERRIDES)} (--model, --rank "
+                         f"and --dtype apply to the whole run)")
+    for key in REQUIRED:
+        if not isinstance(entry[key], str):
+            raise ValueError(f'"{key}": expected a string, found {json.dumps(entry[key])}')
+    item_id = entry["id"]
+    if not ID_PATTERN.fullmatch(item_id) or item_id in RESERVED_IDS:
+        raise ValueError(f'"id": {json.dumps(item_id)} cannot name a folder under --out; expected up to 200 letters, '
+                         f"digits and . _ - + = @ , not starting with a dot (and not {', '.join(RESERVED_IDS)})")
+    for key in ("image", "mask"):
+        if not entry[key].strip():
+            raise ValueError(f'"{key}": expected a path to a file, found an empty string')
+    if "shrink" in entry and not isinstance(entry["shrink"], bool):
+        raise ValueError(f'"shrink": expected true or false, found {json.dumps(entry["shrink"])}')
+    merged = dict(options)
+    merged.update({OVERRIDES[key]: value for key, value in entry.items() if key in OVERRIDES})
+    seed = entry.get("seed", default_seed(item_id))
+    checked = {name: value for name, value in merged.items() if name != "shrink"}
+    problem = option_problem(**checked, seed=seed, model=model, manifest=True)
+    if problem:
+        raise ValueError(problem)
+    return Item(number, item_id, folder / Path(entry["image"]).expanduser(), folder / Path(entry["mask"]).expanduser(),
+                entry["prompt"], seed, merged)
