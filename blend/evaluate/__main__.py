@@ -1,0 +1,111 @@
+"""`python -m blend.evaluate`: the paper's Table 1 for results of `python -m blend.batch`, and its benchmark.
+
+    python -m blend.evaluate make-benchmark IMAGES_DIR --n 50 --seed 0 --out benchmark.jsonl
+    python -m blend.batch benchmark.jsonl --out runs/paper                      # (and --variant official ...)
+    python -m blend.evaluate runs/paper runs/official --manifest benchmark.jsonl --out evaluation.json
+
+The evaluation writes evaluation.json and evaluation.md (the table), and prints the table.
+Exit status: 0 done; 2 a folder, manifest, option or output refused, with one line `error: ...` (or
+one per bad manifest line) before any model is loaded and with nothing written; 1 the judge's or
+LPIPS's weights could not be loaded (a paragraph saying how to get them).
+"""
+import argparse
+import sys
+from pathlib import Path
+
+from .benchmark import BenchmarkError, make_benchmark
+from .evaluation import LPIPS_SIZE, EvaluationError, evaluate, judge_classes
+from .judges import DEFAULT_JUDGE
+from .metrics import PADDING
+from .report import markdown_table, write_report
+
+
+def class_list(text: str | None):
+    """--classes: None (the 1000 ImageNet names), "toy" (the toy model's), a file (one a line) or a comma list."""
+    if text is None:
+        return None
+    if text == "toy":
+        return judge_classes("toy")
+    if Path(text).is_file():
+        return [line.strip() for line in Path(text).read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [name.strip() for name in text.split(",") if name.strip()]
+
+
+def benchmark_main(argv) -> int:
+    parser = argparse.ArgumentParser(prog="python -m blend.evaluate make-benchmark",
+                                     description="Random masks and ImageNet-class prompts over a folder of images, "
+                                                 "as a manifest for python -m blend.batch.")
+    parser.add_argument("images_dir", metavar="IMAGES_DIR")
+    parser.add_argument("--n", type=int, default=50, help="number of edits (default 50)")
+    parser.add_argument("--seed", type=int, default=0, help="the draw's seed (default 0)")
+    parser.add_argument("--out", default="benchmark.jsonl", help="the manifest to write; masks go beside it")
+    parser.add_argument("--classes", default=None,
+                        help="the prompts' classes: 'toy' (the toy model's six), a file with one name a line, or "
+                             "a comma-separated list (default: the 1000 ImageNet names)")
+    args = parser.parse_args(argv)
+    try:
+        entries = make_benchmark(args.images_dir, n=args.n, seed=args.seed, out=args.out,
+                                 class_names=class_list(args.classes))
+    except (BenchmarkError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"wrote {args.out} ({len(entries)} edits) and its masks in {Path(args.out).parent / (Path(args.out).stem + '_masks')}")
+    return 0
+
+
+def evaluate_main(argv) -> int:
+    parser = argparse.ArgumentParser(prog="python -m blend.evaluate", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("results_dirs", nargs="+", metavar="RESULTS_DIR",
+                        help="folders written by python -m blend.batch, one row each")
+    parser.add_argument("--manifest", required=True, help="the manifest the results were made from")
+    parser.add_argument("--out", default="evaluation.json", help="the JSON report; the table goes beside it (.md)")
+    parser.add_argument("--names", default=None, help="comma-separated row names (default: the folders' names)")
+    parser.add_argument("--judge", default=DEFAULT_JUDGE,
+                        help=f"the classifier of precision: {DEFAULT_JUDGE} (default), ViT-B/16, tiny, a CLIP "
+                             f"model.safetensors, or toy (the toy model's results only)")
+    parser.add_argument("--classes", default=None, help="the judge's classes (as for make-benchmark; default ImageNet)")
+    parser.add_argument("--lpips", default="vgg16",
+                        help="the LPIPS backbone: vgg16 (default, timm/vgg16.tv_in1k), a .safetensors file, or random")
+    parser.add_argument("--padding", type=float, default=PADDING, help="crop padding, a fraction of its side (0.1)")
+    parser.add_argument("--lpips-size", type=int, default=LPIPS_SIZE,
+                        help=f"side the crops are resized to for LPIPS ({LPIPS_SIZE}; 0 keeps them as they are)")
+    parser.add_argument("--allow-missing", action="store_true", help="score the ids that have results, skip the rest")
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args(argv)
+    out = Path(args.out)
+    for path in (out, out.with_suffix(".md")):
+        if path.exists():
+            print(f"error: {path} already exists; the evaluation never overwrites: choose another --out",
+                  file=sys.stderr)
+            return 2
+    if not out.parent.is_dir():
+        print(f"error: {out.parent}: the folder for --out does not exist", file=sys.stderr)
+        return 2
+    from weights import WeightsError
+    try:
+        report = evaluate(args.results_dirs, args.manifest, names=args.names.split(",") if args.names else None,
+                          judge=args.judge, class_names=class_list(args.classes), lpips=args.lpips,
+                          padding=args.padding, lpips_size=args.lpips_size, allow_missing=args.allow_missing,
+                          device=args.device)
+    except EvaluationError as error:
+        print("\n".join(f"error: {line}" for line in str(error).splitlines()), file=sys.stderr)
+        return 2
+    except WeightsError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    write_report(report, out)
+    print(markdown_table(report), end="")
+    print(f"wrote {out} and {out.with_suffix('.md')}")
+    return 0
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["make-benchmark"]:
+        return benchmark_main(argv[1:])
+    return evaluate_main(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

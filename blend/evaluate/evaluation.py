@@ -1,0 +1,214 @@
+"""`evaluate(results_dirs, manifest)`: the paper's Table 1 numbers for folders that `python -m blend.batch` wrote.
+
+A results folder holds one folder per manifest id, `<id>/result_<k>.png`, and `<id>/ranking.txt`
+when the results were ranked (its first line after the comment names the best result). The
+manifest gives each id's mask and prompt; the prompt is the class name (blend/evaluate/benchmark.py
+writes it so). Every input is checked before any model is loaded: the folders, each id's results,
+each mask, and that each prompt names one of the judge's classes.
+"""
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..images import images_to_tensor, read_image, read_mask
+from .judges import DEFAULT_JUDGE, TEMPLATE, imagenet_class_names, load_judge, toy_images
+from .lpips import load_lpips
+from .metrics import PADDING, crop, crop_box, diversity, hits, precision
+
+RESULT_NAME = re.compile(r"result_(\d+)\.png")
+LPIPS_SIZE = 224
+
+
+class EvaluationError(ValueError):
+    """A results folder, manifest or option that cannot be evaluated; the message says which and why."""
+
+
+@dataclass(frozen=True)
+class Input:
+    """One manifest line: the id, its mask and prompt, and the class the prompt names."""
+    line: int
+    id: str
+    mask: Path
+    prompt: str
+    class_name: str
+
+
+def class_of(prompt: str, class_names: list) -> str | None:
+    """The class a prompt names: the prompt itself, or after "a photo of a(n) " / "a(n) ", case-insensitive."""
+    by_lower = {name.lower(): name for name in class_names}
+    text = prompt.strip().lower()
+    for prefix in ("a photo of a ", "a photo of an ", "a photo of the ", "an ", "a ", "the ", ""):
+        if text.startswith(prefix) and text[len(prefix):].strip() in by_lower:
+            return by_lower[text[len(prefix):].strip()]
+    return None
+
+
+def read_inputs(manifest, class_names: list) -> list:
+    """The manifest's lines as Inputs, or EvaluationError naming every bad line."""
+    manifest = Path(manifest)
+    try:
+        lines = manifest.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as error:
+        raise EvaluationError(f"cannot read the manifest {manifest}: {error}") from None
+    inputs, problems = [], []
+    for number, text in enumerate(lines, start=1):
+        if not text.strip():
+            continue
+        try:
+            entry = json.loads(text)
+            item_id, mask, prompt = entry["id"], entry["mask"], entry["prompt"]
+        except (json.JSONDecodeError, KeyError, TypeError):
+            problems.append(f"{manifest} line {number}: expected a JSON object with id, mask and prompt")
+            continue
+        name = class_of(prompt, class_names)
+        if name is None:
+            problems.append(f"{manifest} line {number}: the prompt {prompt!r} names none of the judge's "
+                            f"{len(class_names)} classes (e.g. {', '.join(repr(c) for c in class_names[:3])}); "
+                            f"make the manifest with `python -m blend.evaluate make-benchmark`, whose prompts are "
+                            f"class names, or pass the judge and --classes that name them")
+            continue
+        inputs.append(Input(number, str(item_id), manifest.parent / mask, prompt, name))
+    if not inputs and not problems:
+        problems.append(f"{manifest}: the manifest has no lines")
+    if problems:
+        raise EvaluationError("\n".join(problems))
+    return inputs
+
+
+def result_files(folder: Path) -> list:
+    """result_<k>.png of one input's folder, by k."""
+    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := RESULT_NAME.fullmatch(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def best_result(folder: Path) -> str | None:
+    """The file name ranking.txt puts first (the lowest CLIP distance), or None when the input was not ranked."""
+    ranking = folder / "ranking.txt"
+    if not ranking.is_file():
+        return None
+    for line in ranking.read_text(encoding="utf-8").splitlines():
+        if line.strip() and not line.startswith("#"):
+            return line.split()[0]
+    return None
+
+
+def check_folders(results_dirs, inputs, allow_missing: bool) -> dict:
+    """{results folder: {id: [result files]}}; EvaluationError lists what is missing (unless allowed)."""
+    found, problems = {}, []
+    for folder in map(Path, results_dirs):
+        if not folder.is_dir():
+            problems.append(f"{folder}: expected a results folder written by `python -m blend.batch`")
+            continue
+        found[folder] = {}
+        missing = []
+        for item in inputs:
+            files = result_files(folder / item.id) if (folder / item.id).is_dir() else []
+            if files:
+                found[folder][item.id] = files
+            else:
+                missing.append(item.id)
+        if missing and not allow_missing:
+            problems.append(f"{folder}: no result_<k>.png for {len(missing)} of the manifest's {len(inputs)} ids "
+                            f"({', '.join(missing[:5])}{', ...' if len(missing) > 5 else ''}); run the manifest "
+                            f"with `python -m blend.batch`, or pass --allow-missing to score the others")
+        elif len(missing) == len(inputs):
+            problems.append(f"{folder}: none of the manifest's ids has results")
+    for item in inputs:
+        if not item.mask.is_file():
+            problems.append(f"{item.mask}: the mask of {item.id!r} (manifest line {item.line}) does not exist")
+    if problems:
+        raise EvaluationError("\n".join(problems))
+    return found
+
+
+def judge_classes(judge, class_names=None) -> list:
+    """The names the judge chooses among, known before it is loaded."""
+    if judge == "toy":
+        return toy_images()[2]
+    return list(class_names or imagenet_class_names())
+
+
+def score_input(item: Input, files: list, judge, lpips, *, padding: float, lpips_size: int) -> dict:
+    """The numbers of one input of one results folder."""
+    images = [read_image(path) for path in files]
+    if len({image.size for image in images}) != 1:
+        raise EvaluationError(f"{files[0].parent}: the results differ in size; expected one size per input")
+    results = images_to_tensor(images)                                            # (N, 3, H, W) in [−1, 1]
+    mask = torch.from_numpy(read_mask(item.mask, images[0].size))                 # (H, W), 1 = edited
+    box = crop_box(mask, padding)
+    scores = judge.scores(results, box)                                           # (N, C)
+    top1, top5 = hits(scores, judge.class_names, item.class_name, 1), hits(scores, judge.class_names, item.class_name, 5)
+    names = [path.name for path in files]
+    best = best_result(files[0].parent)
+    return {"id": item.id, "prompt": item.prompt, "class": item.class_name, "results": names,
+            "box": [box.top, box.left, box.height, box.width],
+            "top1": [judge.class_names[i] for i in scores.argmax(dim=1).tolist()],
+            "hits": top1.tolist(), "hits_top5": top5.tolist(), "best": best,
+            "best_hit": bool(top1[names.index(best)]) if best in names else None,
+            "diversity": diversity(lpips, crop(results, box), lpips_size)}
+
+
+def summarise(name: str, folder: Path, per_input: list) -> dict:
+    """Batch precision (top-1, top-5), batch diversity and best-result precision of one results folder."""
+    all_hits = [h for record in per_input for h in record["hits"]]
+    all_top5 = [h for record in per_input for h in record["hits_top5"]]
+    diversities = [r["diversity"] for r in per_input if r["diversity"] is not None]
+    best = [r["best_hit"] for r in per_input if r["best_hit"] is not None]
+    return {"name": name, "folder": str(folder), "inputs": len(per_input), "results": len(all_hits),
+            "batch_precision": precision(all_hits), "batch_precision_top5": precision(all_top5),
+            "batch_diversity": sum(diversities) / len(diversities) if diversities else None,
+            "best_result_precision": precision(best) if best else None, "ranked_inputs": len(best),
+            "per_input": per_input}
+
+
+def evaluate(results_dirs, manifest, *, names=None, judge: str = DEFAULT_JUDGE, class_names=None,
+             lpips: str = "vgg16", padding: float = PADDING, lpips_size: int = LPIPS_SIZE,
+             allow_missing: bool = False, device="cpu", judge_model=None, lpips_model=None) -> dict:
+    """Score each results folder against the manifest; returns the report that blend.evaluate.report renders.
+
+    judge: "ViT-L/14" (default), "ViT-B/16", "tiny", a CLIP model.safetensors, or "toy" (the toy model's
+        results only); or an already built judge as judge_model. class_names: the judge's classes
+        (default: the 1000 ImageNet names). lpips: "vgg16" (default), a VGG16 .safetensors, "random";
+        or an already built blend.evaluate.LPIPS as lpips_model.
+    """
+    results_dirs = [Path(d) for d in results_dirs]
+    if not results_dirs:
+        raise EvaluationError("expected at least one results folder")
+    names = list(names) if names else [d.name or str(d) for d in results_dirs]
+    if len(names) != len(results_dirs):
+        raise EvaluationError(f"{len(names)} names for {len(results_dirs)} results folders")
+    if not 0 <= padding <= 10 or lpips_size < 0:
+        raise EvaluationError(f"padding must lie in [0, 10] and the LPIPS size be ≥ 0; got {padding}, {lpips_size}")
+    from clip import CLIP_NAMES
+    if judge_model is None and judge not in ("toy", *CLIP_NAMES) and not Path(judge).is_file():
+        raise EvaluationError(f"--judge {judge!r}: expected toy, {', '.join(CLIP_NAMES)} or an existing CLIP "
+                              f"model.safetensors")
+    if lpips_model is None and lpips not in ("vgg16", "random") and not Path(lpips).is_file():
+        raise EvaluationError(f"--lpips {lpips!r}: expected vgg16, random or an existing VGG16 .safetensors file")
+    classes = judge_model.class_names if judge_model is not None else judge_classes(judge, class_names)
+    inputs = read_inputs(manifest, classes)
+    found = check_folders(results_dirs, inputs, allow_missing)
+    judge_model = judge_model or load_judge(judge, class_names=class_names, device=device)   # before any work
+    lpips_model = lpips_model or load_lpips(lpips, device=device)
+    runs = []
+    for name, folder in zip(names, results_dirs):
+        per_input = [score_input(item, found[folder][item.id], judge_model, lpips_model, padding=padding,
+                                 lpips_size=lpips_size) for item in inputs if item.id in found[folder]]
+        runs.append(summarise(name, folder, per_input))
+    settings = {"manifest": str(manifest), "judge": getattr(judge_model, "name", str(judge)),
+                "classes": len(judge_model.class_names), "template": TEMPLATE if judge != "toy" else None,
+                "crop": f"mask bounding box, squared, padded by {padding:.0%}, inside the image",
+                "lpips": f"LPIPS v0.1, VGG16 backbone {lpips_model_source(lpips, lpips_model)}",
+                "lpips_size": lpips_size}
+    return {"settings": settings, "runs": runs}
+
+
+def lpips_model_source(lpips, model) -> str:
+    if lpips == "random":
+        return "with random weights (not a perceptual distance)"
+    if lpips == "vgg16":
+        return "torchvision ImageNet (timm/vgg16.tv_in1k)"
+    return str(lpips)
