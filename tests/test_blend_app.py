@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 import time
+import types
 import uuid
 from pathlib import Path
 
@@ -166,6 +167,8 @@ def test_upload_beyond_the_limit_is_refused_with_413(server):
     content_type, body = multipart({"image": os.urandom(MAX_UPLOAD_BYTES + 2**20), "mask": b"x", "prompt": "a cat"})
     status, data, _ = request(server, "POST", "/api/edit", body, {"Content-Type": content_type})
     assert status == 413 and "at most 20 MiB" in json.loads(data)["error"]
+    status, _, _ = request(server, "POST", "/api/edit", b"", {"Content-Type": content_type, "Content-Length": "-1"})
+    assert status == 411
     assert list(server.out.iterdir()) == []
 
 
@@ -245,17 +248,26 @@ def test_requests_for_another_host_or_from_another_origin_are_refused(server):
     assert status == 403 and list(server.out.iterdir()) == []
 
 
-def test_ctrl_c_stops_python_m_blend_app_cleanly(tmp_path):
-    process = subprocess.Popen([sys.executable, "-m", "blend.app", "--model", "toy", "--port", "0", "--out",
-                                str(tmp_path / "out")], cwd=REPO, stderr=subprocess.PIPE, text=True)
+def test_ctrl_c_stops_python_m_blend_app_cleanly_and_removes_the_running_jobs_folder(tmp_path):
+    out = tmp_path / "out"
+    process = subprocess.Popen([sys.executable, "-m", "blend.app", "--model", "toy", "--port", "0", "--out", str(out)],
+                               cwd=REPO, stderr=subprocess.PIPE, text=True)
     try:
         lines, deadline = [], time.monotonic() + WAIT_S
         while time.monotonic() < deadline and not any(line.startswith("serving") for line in lines):
             lines.append(process.stderr.readline())
-        assert any("serving toy at http://127.0.0.1:" in line for line in lines), lines
+        serving = [line for line in lines if line.startswith("serving toy at http://127.0.0.1:")]
+        assert serving, lines
+        running = types.SimpleNamespace(port=int(serving[0].split("127.0.0.1:")[1].split("/")[0]))
+        photo, mask = photo_and_mask()
+        status, answer = post_edit(running, image=png(photo), mask=png(mask), prompt="a cat", steps=999, start=0)
+        assert status == 202, answer
+        wait_for(running, answer["job"], states=("running",))
+        assert [path.name.endswith(".partial") for path in out.iterdir()] == [True]
         process.send_signal(signal.SIGINT)
-        assert process.wait(WAIT_S) == 0
-        assert "stopping" in process.stderr.read()
+        status, rest = process.wait(WAIT_S), process.stderr.read()
+        assert status == 0 and "stopping" in rest, (status, lines, rest)
+        assert list(out.iterdir()) == []
     finally:
         if process.poll() is None:
             process.kill()
@@ -279,3 +291,23 @@ def test_previews_stay_under_a_tenth_of_the_time_unless_they_are_cheap(monkeypat
     assert taken in expected
     if preview_cost > jobs.CHEAP_PREVIEW_S:
         assert schedule.previews_time <= jobs.PREVIEW_FRACTION * schedule.steps_time + preview_cost
+
+
+def test_a_job_that_does_not_reach_its_next_step_before_the_stop_times_out_still_leaves_no_folder(server, monkeypatch):
+    unet, entered, gate = server.components.unet, threading.Event(), threading.Event()
+    forward = type(unet).forward
+
+    def stuck(*args, **kwargs):  # a step that outlasts the stop's wait
+        entered.set()
+        assert gate.wait(WAIT_S)
+        return forward(unet, *args, **kwargs)
+
+    monkeypatch.setattr(unet, "forward", stuck)
+    photo, mask = photo_and_mask()
+    post_edit(server, image=png(photo), mask=png(mask), prompt="a cat", steps=8, samples=1)
+    assert entered.wait(WAIT_S)
+    server.jobs.stop(timeout=0.2)
+    assert server.jobs.worker.is_alive() and list(server.out.iterdir()) == []
+    gate.set()
+    server.jobs.worker.join(WAIT_S)
+    assert not server.jobs.worker.is_alive() and list(server.out.iterdir()) == []

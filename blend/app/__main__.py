@@ -2,7 +2,8 @@
 
 It loads the model once, then serves http://HOST:PORT/ until Ctrl-C, which stops the worker after the
 running job's current step (that job's unfinished folder is removed) and closes the server.
-Exit status: 0 stopped by Ctrl-C; 1 the model could not be loaded; 2 a bad option.
+Exit status: 0 stopped by Ctrl-C; 1 the model could not be loaded; 2 a bad option or port; 130 interrupted
+before the server was up.
 """
 import argparse
 import sys
@@ -32,7 +33,14 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
+    try:
+        return serve(parse_args(argv))
+    except KeyboardInterrupt:  # before the server was up: nothing to stop
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def serve(args: argparse.Namespace) -> int:
     problem = device_problem(args.device, instead="--device cpu")
     if problem:
         print(f"error: --device {args.device}: {problem}", file=sys.stderr)
@@ -54,8 +62,8 @@ def main(argv=None) -> int:
         print(f"error: cannot listen on {args.host}:{args.port}: {error.strerror or error}; choose another "
               f"--port (0 picks a free one)", file=sys.stderr)
         return 2
-    print(f"serving {args.model} at {server.url}  (Ctrl-C stops; job folders go to {args.out}/)", file=sys.stderr)
     try:
+        print(f"serving {args.model} at {server.url}  (Ctrl-C stops; job folders go to {args.out}/)", file=sys.stderr)
         server.serve_forever()
     except KeyboardInterrupt:
         print("stopping: the running job ends at its next step …", file=sys.stderr)

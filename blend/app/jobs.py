@@ -124,6 +124,7 @@ class JobQueue:
         self.waiting: queue.Queue = queue.Queue()
         self.stopping = threading.Event()
         self.rankers: dict = {}
+        self.current_output = None    # the running job's ResultFolder
         self.worker = threading.Thread(target=self._work, name="blend-app-worker", daemon=True)
 
     def start(self) -> None:
@@ -131,10 +132,22 @@ class JobQueue:
         self.worker.start()
 
     def stop(self, timeout: float = 60.0) -> None:
-        """Stop after the running job's current step; its hidden folder is removed, queued jobs are dropped."""
+        """Stop after the running job's current step; its hidden folder is removed, queued jobs are dropped.
+
+        A job that does not reach a step within `timeout` (a long §4.2 reconstruction after the loop), or a
+        second Ctrl-C while waiting, still has its hidden folder removed here: the worker thread is a
+        daemon and ends with the process.
+        """
         self.stopping.set()
-        if self.worker.is_alive():
-            self.worker.join(timeout)
+        try:
+            if self.worker.is_alive():
+                self.worker.join(timeout)
+        except KeyboardInterrupt:
+            pass
+        finally:
+            output = self.current_output
+            if self.worker.is_alive() and output is not None:
+                output.discard()
 
     def submit(self, request: EditRequest) -> Job:
         with self.lock:
@@ -183,7 +196,7 @@ class JobQueue:
     def _run(self, job: Job) -> None:
         output = None
         try:
-            output = ResultFolder(self.root / job.id)
+            output = self.current_output = ResultFolder(self.root / job.id)
             with self.lock:
                 job.state, job.folder, job.steps = "running", output.temporary, 0
             self._write(job, "mask.png", mask_to_image(job.request.mask), "extras")
@@ -207,6 +220,7 @@ class JobQueue:
             traceback.print_exc()
             self._finish(job, "failed", f"{type(error).__name__}: {error}")
         finally:
+            self.current_output = None
             if output is not None:
                 output.discard()  # unless committed: a job's folder is whole or absent
             job.request.image = job.request.mask = None  # its files hold what is kept

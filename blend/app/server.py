@@ -22,6 +22,7 @@ import json
 import re
 import socket
 import sys
+import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -69,7 +70,7 @@ class EditServer(ThreadingHTTPServer):
             self.address_family = socket.AF_INET6
         super().__init__((host, port), Handler)
         self.components, self.model_name, self.max_upload, self.quiet = components, model_name, max_upload, quiet
-        self.out = Path(out)
+        self.out, self.checking = Path(out), threading.Lock()
         self.jobs = JobQueue(components, self.out, device=device)
         self.jobs.start()
         self.port = self.server_address[1]
@@ -139,7 +140,10 @@ class Handler(BaseHTTPRequestHandler):
         try:
             length = int(self.headers.get("Content-Length", ""))
         except ValueError:
-            return self.send_json(411, {"error": "a Content-Length header is required"})
+            length = -1
+        if length < 0:
+            self.close_connection = True
+            return self.send_json(411, {"error": "a Content-Length header (a byte count) is required"})
         if length > self.server.max_upload:
             self.drain(length)
             return self.send_json(413, {"error": f"the upload is {length / 2**20:.1f} MiB; at most "
@@ -148,8 +152,9 @@ class Handler(BaseHTTPRequestHandler):
         body = self.rfile.read(length)
         try:
             fields = parse_multipart(self.headers.get("Content-Type", ""), body)
-            request = edit_request(fields, model_name=self.server.model_name,
-                                   tokenizer=self.server.components.tokenizer, output_root=self.server.out)
+            with self.server.checking:  # one request at a time: the checks record warnings, which are global
+                request = edit_request(fields, model_name=self.server.model_name,
+                                       tokenizer=self.server.components.tokenizer, output_root=self.server.out)
             job = self.server.jobs.submit(request)
         except FormError as error:
             return self.send_json(400, {"error": str(error)})
