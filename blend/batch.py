@@ -80,15 +80,22 @@ BARRIER_TIMEOUT = timedelta(days=7)
 
 @dataclass(frozen=True)
 class Process:
-    """Where this process stands: torchrun's RANK, WORLD_SIZE and LOCAL_RANK (0, 1, 0 alone)."""
+    """Where this process stands: torchrun's RANK, WORLD_SIZE and LOCAL_RANK (0, 1, 0 alone).
+
+    `launched`: started by torchrun (or with the variables that torch.distributed's env:// start reads),
+    so that even a single process joins the process group.
+    """
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    launched: bool = False
 
     @classmethod
     def from_environment(cls) -> "Process":
-        return cls(*(int(os.environ.get(name, default)) for name, default in
-                     (("RANK", 0), ("WORLD_SIZE", 1), ("LOCAL_RANK", 0))))
+        numbers = (int(os.environ.get(name, default)) for name, default in
+                   (("RANK", 0), ("WORLD_SIZE", 1), ("LOCAL_RANK", 0)))
+        launched = all(name in os.environ for name in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"))
+        return cls(*numbers, launched=launched)
 
     def say(self, line: str) -> None:
         print(f"[rank {self.rank}/{self.world_size}] {line}", file=sys.stderr, flush=True)
@@ -125,39 +132,21 @@ def _interrupt(signum, frame):
 
 def run(args: argparse.Namespace, process: Process) -> int:
     """Check everything, then do this process's share of the manifest (exit status: module docstring)."""
-    options = {"steps": args.steps, "guidance_scale": args.guidance, "start": args.start,
-               "num_samples": args.samples, "variant": args.variant, "shrink": args.shrink,
-               "reconstruction": args.reconstruction, "size": args.size}
-    problems = refusals(args, options)
-    if not problems:
-        try:
-            items = read_manifest(args.manifest, options, model=args.model)
-        except ManifestError as error:
-            problems = error.problems
-    out = Path(args.out)
-    if not problems:
-        try:
-            out.mkdir(parents=True, exist_ok=True)
-        except OSError as error:
-            problems = [unwritable_message(out, error, given=True)]
-    if not problems:
-        device, problem = choose_device(process)
-        problems = [problem] if problem else []
+    items, device, problems = checked(args, process)
     if problems:
         if process.local_rank == 0:  # one copy per machine, not one per process
             print("\n".join(f"error: {problem}" for problem in problems), file=sys.stderr)
         return 2
     warn_if_large(args.size)
-
+    out = Path(args.out)
     started = time.perf_counter()
-    distributed = process.world_size > 1
-    if distributed:
+    if process.launched:
         torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=BARRIER_TIMEOUT,
                                              device_id=device if device.type == "cuda" else None)
     if process.rank == 0:
         (out / FAILURES).unlink(missing_ok=True)  # it lists this run's failures only
-    if distributed:
-        torch.distributed.barrier()
+    if process.launched:
+        torch.distributed.barrier()               # no process records a failure before that
     share = items[process.rank::process.world_size]
     remove_partials(out, {item.id for item in share})
     try:
@@ -165,20 +154,45 @@ def run(args: argparse.Namespace, process: Process) -> int:
     except ModelUnavailable as error:
         process.say(str(error))
         return 1
-    if distributed:
+    if process.launched:
         torch.distributed.barrier()
         totals = torch.tensor(counts, dtype=torch.int64, device=device)
         torch.distributed.all_reduce(totals)
         counts = totals.tolist()
         torch.distributed.destroy_process_group()
-    done, skipped, failed = counts
     if process.rank == 0:
-        minutes = max(time.perf_counter() - started, 1e-6) / 60
-        print(f"blend.batch: {len(items)} item{'s' * (len(items) != 1)}: {done} done, {skipped} skipped, "
-              f"{failed} failed"
-              f"{f' (see {out / FAILURES})' if failed else ''}; {60 * minutes:.1f} s on {process.world_size} "
-              f"process{'es' * (process.world_size != 1)}, {done / minutes:.1f} items done per minute", flush=True)
-    return 1 if failed else 0
+        print(summary(len(items), *counts, time.perf_counter() - started, process.world_size, out), flush=True)
+    return 1 if counts[2] else 0
+
+
+def checked(args: argparse.Namespace, process: Process) -> tuple:
+    """(items, device, problems): the options, the manifest, the device, then the output folder (created)."""
+    options = {"steps": args.steps, "guidance_scale": args.guidance, "start": args.start,
+               "num_samples": args.samples, "variant": args.variant, "shrink": args.shrink,
+               "reconstruction": args.reconstruction, "size": args.size}
+    items, device, problems = [], None, refusals(args, options)
+    if not problems:
+        try:
+            items = read_manifest(args.manifest, options, model=args.model)
+        except ManifestError as error:
+            problems = error.problems
+    if not problems:
+        device, problem = choose_device(process)
+        problems = [problem] if problem else []
+    if not problems:
+        try:
+            Path(args.out).mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            problems = [unwritable_message(Path(args.out), error, given=True)]
+    return items, device, problems
+
+
+def summary(total: int, done: int, skipped: int, failed: int, seconds: float, processes: int, out: Path) -> str:
+    """Rank 0's last line: the counts, the wall time and the items done per minute."""
+    where = f" (see {out / FAILURES})" if failed else ""
+    return (f"blend.batch: {total} item{'s' * (total != 1)}: {done} done, {skipped} skipped, {failed} failed{where}; "
+            f"{seconds:.1f} s on {processes} process{'es' * (processes != 1)}, "
+            f"{60 * done / max(seconds, 1e-6):.1f} items done per minute")
 
 
 def refusals(args: argparse.Namespace, options: dict) -> list:
@@ -240,6 +254,8 @@ class Worker:
                 raise
             except Exception as error:  # this item cannot be done: record it, go on with the next
                 counts[2] += 1
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()  # after an out-of-memory error, the next item starts clean
                 message = str(error) if isinstance(error, EditInputError) else f"{type(error).__name__}: {error}"
                 record_failure(self.out / FAILURES, item.id, message)
                 self.process.say(f"{where}: failed: {message}")
