@@ -23,6 +23,8 @@ from samplers import DDIMSampler, guided_model_output
 
 from .interfaces import Denoiser, StepCallback, StepRecord
 from .masks import masks_for_steps, step_kernel_sizes
+from .official_ldm import official_ldm_loop
+from .official_sdxl import official_sdxl_loop
 
 
 def blended_latent_diffusion(unet: Denoiser, sampler: DDIMSampler, z_init: torch.Tensor, mask: torch.Tensor,
@@ -104,5 +106,5 @@ def blended_latent_diffusion(unet: Denoiser, sampler: DDIMSampler, z_init: torch
 
 # The official loops of other models, each in its own module: variant name -> a function with
 # blended_latent_diffusion's signature less `variant`.
-LOOPS: dict = {}
+LOOPS: dict = {"official-ldm": official_ldm_loop, "official-sdxl": official_sdxl_loop}
 VARIANTS = ("paper", "official", *LOOPS)

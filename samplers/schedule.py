@@ -20,12 +20,30 @@ class NoiseSchedule:
         self.betas = betas                                       # (T,)
         self.alphas = 1.0 - self.betas                           # (T,)
         self.alphas_cumprod = torch.cumprod(self.alphas, dim=0)  # (T,)  ᾱ_t
+        # q_sample's √ᾱ_t and √(1 − ᾱ_t) when they are tabulated (CompVis); None: taken from ᾱ_t
+        self.q_sample_roots: tuple[torch.Tensor, torch.Tensor] | None = None
 
     @classmethod
     def scaled_linear(cls, beta_start: float = 0.00085, beta_end: float = 0.012, num_train_timesteps: int = 1000):
         """SD's schedule: β = linspace(√β_start, √β_end, T)², computed in float32."""
         betas = torch.linspace(beta_start**0.5, beta_end**0.5, num_train_timesteps, dtype=torch.float32) ** 2
         return cls(betas)
+
+    @classmethod
+    def compvis_linear(cls, beta_start: float = 0.00085, beta_end: float = 0.012, num_train_timesteps: int = 1000):
+        """CompVis's "linear" schedule (`ldm.modules.diffusionmodules.util.make_beta_schedule`, `ddpm.register_schedule`).
+
+        The same β = linspace(√β_start, √β_end, T)² as `scaled_linear`, but β, ᾱ = cumprod(1 − β) and
+        q_sample's √ᾱ and √(1 − ᾱ) are computed in float64 and stored as float32, so they differ from
+        SD's float32 table in the last bits. DDIM reads the float32 ᾱ.
+        """
+        betas = torch.linspace(beta_start**0.5, beta_end**0.5, num_train_timesteps, dtype=torch.float64) ** 2
+        alphas_cumprod = torch.cumprod(1.0 - betas, dim=0)      # float64
+        schedule = cls(betas)
+        schedule.betas, schedule.alphas = betas.float(), (1.0 - betas).float()
+        schedule.alphas_cumprod = alphas_cumprod.float()
+        schedule.q_sample_roots = (alphas_cumprod.sqrt().float(), (1.0 - alphas_cumprod).sqrt().float())
+        return schedule
 
     @property
     def num_train_timesteps(self) -> int:
@@ -47,5 +65,8 @@ class NoiseSchedule:
 
             z_t = √ᾱ_t · z_0 + √(1 − ᾱ_t) · ε,   ε ~ N(0, I)
         """
+        if self.q_sample_roots is not None:
+            root, root_of_rest = (_gather(table, t, z0).to(z0.dtype) for table in self.q_sample_roots)
+            return root * z0 + root_of_rest * noise
         alpha_bar = _gather(self.alphas_cumprod, t, z0).to(z0.dtype)
         return alpha_bar.sqrt() * z0 + (1.0 - alpha_bar).sqrt() * noise

@@ -1,0 +1,97 @@
+"""The loop of the official LDM editor (`scripts/text_editing_LDM.py` → `ldm/models/diffusion/ddim.py`).
+
+This is how the paper's own results were made, with CompVis's text-to-image LDM (LDM-KL-8-G).
+It differs from Algorithm 1 as printed (blend.algorithm, variant="paper") in three ways:
+
+- the start: each sample i gets its own noise, z_k[i] = q(z_init, t_k);
+- the order: the background is blended in *before* each DDIM step, at that step's own t,
+      z ← q(z_init, t) ⊙ (1 − m) + m ⊙ z,    then    z ← DDIM step of z from t to t_prev,
+  so there is no blend after the last step: the background of z_0 is denoised, not z_init;
+- progressive shrinking (`--mask_dilation_iterations 3`): the masks dilated by 7, 5, 3 and the mask
+  itself, where step i uses mask i // (S_run // 4 + 1), so 50 steps run 13, 13, 13 and 11 steps.
+
+Draws, in the official order (all from `generator`, where the official code uses torch's global one):
+the initial noise one sample at a time, B draws of (1, C, h, w); then in each step the background
+noise, one (1, C, h, w) shared by the batch, and the DDIM noise (B, C, h, w), drawn even at η = 0,
+where σ = 0 multiplies it away. With the sampler built as the official script builds it
+(`DDIMSampler(NoiseSchedule.compvis_linear(), 50, spacing="uniform")`: timesteps 981, 961, …, 1)
+the result equals a seeded run of the official code bit for bit.
+"""
+import torch
+
+from samplers import DDIMSampler, as_conditioning, classifier_free_guidance, ddim_update, predict_x0_from_eps
+
+from .interfaces import Denoiser, StepCallback, StepRecord
+from .masks import SHRINK_KERNEL_SIZES, masks_for_steps, step_kernel_sizes
+
+
+def official_shrink_kernels(num_steps: int, kernel_sizes=SHRINK_KERNEL_SIZES) -> list[int]:
+    """The official LDM code's step → mask rule: step i uses mask i // (num_steps // n + 1) of the n masks.
+
+        official_shrink_kernels(50)  ->  [7] * 13 + [5] * 13 + [3] * 13 + [1] * 11
+    """
+    interval = num_steps // len(kernel_sizes) + 1
+    return [kernel_sizes[i // interval] for i in range(num_steps)]
+
+
+def compvis_sigma(alpha_bar: torch.Tensor, alpha_bar_prev: torch.Tensor, eta: float) -> torch.Tensor:
+    """σ = η·√((1−ᾱ_prev)/(1−ᾱ_t)·(1 − ᾱ_t/ᾱ_prev)) (DDIM eq. 16) as CompVis's `make_ddim_sampling_parameters`
+    computes it, a numpy float64 array meeting torch float32 tensors: float64 from the float32 ᾱ, except
+    that 1/(1 − ᾱ_t) is taken in float32 (torch's `__rtruediv__` is `reciprocal() * other`)."""
+    a, a_prev = alpha_bar.double(), alpha_bar_prev.double()
+    reciprocal = (1 - alpha_bar.float()).reciprocal().double()
+    return eta * (reciprocal * (1 - a_prev) * (1 - a / a_prev)).sqrt()
+
+
+def guided_eps(unet: Denoiser, z: torch.Tensor, t: int, cond, uncond, guidance_scale: float) -> torch.Tensor:
+    """ε̃ = ε_u + w·(ε_c − ε_u) from one call on [uncond; cond]; at w = 1 the conditional call alone (as CompVis)."""
+    batch = z.shape[0]
+    cond, uncond = as_conditioning(cond), as_conditioning(uncond)
+    if guidance_scale == 1.0:
+        timesteps = torch.full((batch,), int(t), device=z.device, dtype=torch.long)
+        return unet(z, timesteps, *[c.expand(batch, *c.shape[1:]) for c in cond])
+    pairs = [torch.cat([u.expand(batch, *u.shape[1:]), c.expand(batch, *c.shape[1:])]) for u, c in zip(uncond, cond)]
+    timesteps = torch.full((2 * batch,), int(t), device=z.device, dtype=torch.long)
+    eps_uncond, eps_cond = unet(torch.cat([z, z]), timesteps, *pairs).chunk(2)
+    return classifier_free_guidance(eps_uncond, eps_cond, guidance_scale)
+
+
+def official_ldm_loop(unet: Denoiser, sampler: DDIMSampler, z_init: torch.Tensor, mask: torch.Tensor, cond, uncond,
+                      *, guidance_scale: float, start: float = 0.25, generator: torch.Generator | None = None,
+                      shrink: bool = False, kernel_sizes: list[int] | None = None,
+                      callback: StepCallback | None = None) -> torch.Tensor:
+    """The official LDM editing loop (module docstring); arguments as `blend.blended_latent_diffusion`.
+
+    z_init: (B, C, h, w), one row per sample; mask (1, 1, h, w), 1 = edit. `start` = k / S skips the
+    k largest timesteps (the official `--skip_steps k`). The network predicts ε (CompVis's LDM does).
+    """
+    if sampler.prediction_type != "epsilon":
+        raise ValueError("the official LDM loop is written for an ε-predicting network (CompVis's LDM)")
+    schedule = sampler.schedule
+    timesteps = [int(t) for t in sampler.timesteps[int(len(sampler.timesteps) * start):]]
+    if kernel_sizes is None and shrink is True:
+        kernel_sizes = official_shrink_kernels(len(timesteps))
+    masks = masks_for_steps(mask.to(z_init.dtype), step_kernel_sizes(False, kernel_sizes, len(timesteps)))
+    batch, *latent_shape = z_init.shape
+
+    def draw_noise(rows: int) -> torch.Tensor:
+        return torch.randn((rows, *latent_shape), generator=generator, device=z_init.device, dtype=z_init.dtype)
+
+    def per_sample(value) -> torch.Tensor:  # a float32 table value as CompVis holds it: (B, 1, 1, 1) on the device
+        return torch.full((batch, 1, 1, 1), float(value), device=z_init.device, dtype=z_init.dtype)
+
+    # z_k: each sample noised to the first timestep with its own draw.
+    z = torch.cat([schedule.q_sample(z_init[i:i + 1], timesteps[0], draw_noise(1)) for i in range(batch)])
+    for i, (t, m) in enumerate(zip(timesteps, masks)):
+        z_t = z
+        z_bg = schedule.q_sample(z_init, t, draw_noise(1))               # line 6 at the current t, one shared draw
+        z = z_bg * (1 - m) + m * z                                       # line 7, before the step
+        eps = guided_eps(unet, z, t, cond, uncond, guidance_scale)
+        alpha_bar, alpha_bar_prev = per_sample(schedule.alphas_cumprod[t]), per_sample(sampler.alpha_bar_prev(t))
+        sigma = per_sample(compvis_sigma(schedule.alphas_cumprod[t], sampler.alpha_bar_prev(t), sampler.eta))
+        x0_fg = predict_x0_from_eps(z, eps, alpha_bar)                   # DDIM eq. 9
+        z_fg = ddim_update(x0_fg, eps, alpha_bar_prev, sigma, draw_noise(batch))  # line 5: eq. 12, noise drawn at η = 0 too
+        if callback is not None:
+            callback(StepRecord(i, len(timesteps), t, sampler.previous_timestep(t), z_t, z_fg, x0_fg, z_bg, m, z_fg))
+        z = z_fg
+    return z
