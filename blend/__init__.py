@@ -11,6 +11,7 @@
     editor.py          edit(image, mask, prompt, ...) -> PIL images
     cli.py             python -m blend
     batch.py           python -m blend.batch: a manifest of edits (manifest.py), data-parallel under torchrun
+    app/               python -m blend.app: a local page to paint a mask, run Algorithm 1 and watch x̂0 step by step
 """
 from .algorithm import VARIANTS, blended_latent_diffusion
 from .editor import EditInputError, edit
