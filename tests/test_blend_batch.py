@@ -43,13 +43,14 @@ def write_inputs(folder: Path) -> Path:
     return manifest
 
 
-def batch(manifest: Path, out: Path, *options, processes: int | None = None) -> subprocess.CompletedProcess:
-    """python -m blend.batch, alone or under torchrun with `processes` CPU processes (gloo)."""
+def batch(manifest: Path, out: Path, *options, processes: int | None = None,
+          gpus: bool = False) -> subprocess.CompletedProcess:
+    """python -m blend.batch, alone or under torchrun with `processes` processes (gloo on the CPU, nccl on GPUs)."""
     launcher = [] if processes is None else ["-m", "torch.distributed.run", "--standalone",
                                              "--nproc_per_node", str(processes)]
-    # The CPU only, one thread per process in every run: float sums in another thread order could move
-    # the last bits, and this compares bytes across runs (torchrun itself sets 1 thread per process).
-    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
+    # One thread per process in every run: float sums in another thread order could move the last
+    # bits, and this compares bytes across runs (torchrun itself sets 1 thread per process).
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **({} if gpus else {"CUDA_VISIBLE_DEVICES": ""})}
     command = [sys.executable, *launcher, "-m", "blend.batch", str(manifest), "--out", str(out), *options]
     return subprocess.run(command, cwd=REPOSITORY, env=env, capture_output=True, text=True, timeout=300)
 
@@ -284,3 +285,30 @@ def test_batch_refuses_bad_command_line_options_and_an_empty_manifest(tmp_path, 
     assert main([str(tmp_path / "missing.jsonl"), "--out", str(tmp_path / "out"), "--model", "toy"]) == 2
     assert "cannot read the manifest" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_batch_refuses_more_processes_per_machine_than_gpus(monkeypatch):
+    import torch
+
+    from blend.batch import Process, choose_device
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    device, problem = choose_device(Process(rank=5, world_size=6, local_rank=2, launched=True))
+    assert device is None
+    assert "LOCAL_RANK 2" in problem and "2 GPU(s)" in problem and "--nproc_per_node 2" in problem
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert choose_device(Process(local_rank=3)) == (torch.device("cpu"), None)   # no GPUs: the CPU, any rank
+
+
+@pytest.mark.gpu
+def test_batch_under_torchrun_on_gpus_uses_nccl_and_resumes(tmp_path):
+    import torch
+
+    manifest = write_inputs(tmp_path / "in")
+    out, processes = tmp_path / "out", min(torch.cuda.device_count(), 2)
+    first = batch(manifest, out, *TOY_EDIT, processes=processes, gpus=True)
+    assert first.returncode == 1 and "6 items: 5 done, 0 skipped, 1 failed" in summary_of(first), first.stderr
+    for item_id, results in GOOD.items():
+        assert_whole(out, item_id, results, ranked=False)
+    second = batch(manifest, out, *TOY_EDIT, processes=processes, gpus=True)
+    assert "6 items: 0 done, 5 skipped, 1 failed" in summary_of(second), second.stderr
