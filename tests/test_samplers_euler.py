@@ -28,7 +28,7 @@ def test_euler_step_is_algorithm_2_of_karras_without_churn():
     torch.testing.assert_close(x0, x - sigma * eps, rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(x_next, x + (sigma_next - sigma) * eps, rtol=1e-6, atol=1e-6)
     last_next, last_x0 = sampler.step(eps, 1, x)
-    assert torch.equal(last_next, last_x0)                 # the last step ends at σ = 0: x̂₀ itself
+    torch.testing.assert_close(last_next, last_x0, rtol=1e-12, atol=1e-12)   # the last step ends at σ = 0: x̂₀
 
 
 def test_euler_scale_model_input_and_add_noise_map_x_form_to_ddpm_latents():

@@ -1,0 +1,118 @@
+"""variant="official-sdxl": the loop of the official scripts/text_editing_SDXL.py, re-created here with the script's
+scheduler (diffusers' EulerDiscreteScheduler, SDXL's config) and diffusers' SDXL UNet on a small SDXL-shaped
+UNet, against blend.blended_latent_diffusion with an EulerSampler and our UNet holding the same weights."""
+import pytest
+import torch
+
+from blend import StepRecord, blended_latent_diffusion
+from blend.algorithm import VARIANTS
+from conftest import max_relative_error
+from ldm.unet import vector_conditioning
+from samplers import DDIMSampler, EulerSampler, NoiseSchedule
+from test_ldm_unet_sdxl import SMALL_SDXL, converted, diffusers_sdxl_config, random_small_sdxl
+
+SCHEDULE = NoiseSchedule.scaled_linear()
+BATCH, GUIDANCE, START = 2, 5.0, 0.25
+PARITY_STEPS = 20          # 15 steps run (k = 5): the same code path as the script's 50, within this file's time
+
+
+def cheap_denoiser(z, timesteps, context, y):
+    """A stand-in for the UNet where only the loop is under test: any ε̂(z, t, context, y) of the right shape."""
+    return torch.tanh(z + timesteps[:, None, None, None] / 1000 + context.mean() + y[:, :1, None, None])
+
+
+def inputs(seed: int = 0):
+    """Source latent (B rows), latent mask, text context and pooled text of a small SDXL-shaped model."""
+    generator = torch.Generator().manual_seed(seed)
+    source = torch.randn(1, 4, 16, 16, generator=generator).expand(BATCH, -1, -1, -1)
+    mask = torch.zeros(1, 1, 16, 16)
+    mask[..., 4:12, 2:10] = 1
+    context = torch.randn(1, 7, SMALL_SDXL.context_dim, generator=generator)
+    pooled = torch.randn(1, 32, generator=generator)
+    time_ids = torch.tensor([[128., 128., 0., 0., 128., 128.]])   # original = target = the working size, crop 0
+    return source, mask, context, pooled, time_ids
+
+
+def ours_official_sdxl(unet, source, mask, context, pooled, time_ids, seed=1, steps=50, **options):
+    """SDXL's conditioning: cond = (context, y), uncond = zeros for both context and pooled, the same time ids."""
+    cond = (context, vector_conditioning(pooled, time_ids))
+    uncond = (torch.zeros_like(context), vector_conditioning(torch.zeros_like(pooled), time_ids))
+    return blended_latent_diffusion(unet, EulerSampler(SCHEDULE, steps), source, mask, cond, uncond,
+                                    guidance_scale=GUIDANCE, start=START, generator=torch.Generator().manual_seed(seed),
+                                    variant="official-sdxl", **options)
+
+
+def script_loop(unet, scheduler, source, mask, context, pooled, time_ids, generator):
+    """BlendedLatentDiffusionSDXL.edit_image's loop, with its zero negative prompt (force_zeros_for_empty_prompt)."""
+    scheduler.set_timesteps(PARITY_STEPS)
+    timesteps = scheduler.timesteps
+    k = int(len(timesteps) * START)
+    latents = scheduler.add_noise(source, torch.randn(source.shape, generator=generator), timesteps[k].unsqueeze(0))
+    prompt_embeds = torch.cat([torch.zeros_like(context), context]).repeat_interleave(BATCH, 0)
+    text_embeds = torch.cat([torch.zeros_like(pooled), pooled]).repeat_interleave(BATCH, 0)
+    add_time_ids = time_ids.repeat(2 * BATCH, 1)
+    for t in timesteps[k:]:
+        model_input = scheduler.scale_model_input(torch.cat([latents] * 2), t)
+        noise_pred = unet(model_input, t, encoder_hidden_states=prompt_embeds,
+                          added_cond_kwargs={"text_embeds": text_embeds, "time_ids": add_time_ids}).sample
+        noise_pred_uncond, noise_pred_text = noise_pred.chunk(2)
+        noise_pred = noise_pred_uncond + GUIDANCE * (noise_pred_text - noise_pred_uncond)
+        latents = scheduler.step(noise_pred, t, latents).prev_sample
+        noise_source_latents = scheduler.add_noise(source, torch.randn(latents.shape, generator=generator),
+                                                   t.unsqueeze(0))
+        latents = latents * mask + noise_source_latents * (1 - mask)
+    return latents
+
+
+@pytest.mark.reference
+@torch.no_grad()
+def test_official_sdxl_variant_matches_the_script_loop_with_diffusers_euler_fp32():
+    from diffusers import EulerDiscreteScheduler, UNet2DConditionModel
+    ours = random_small_sdxl(seed=4)
+    with torch.device("meta"):
+        reference = UNet2DConditionModel(**diffusers_sdxl_config(SMALL_SDXL))
+    reference.load_state_dict(converted(ours.state_dict(), SMALL_SDXL), strict=True, assign=True)
+    scheduler = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                       timestep_spacing="leading", steps_offset=1, interpolation_type="linear",
+                                       use_karras_sigmas=False, prediction_type="epsilon")
+    source, mask, context, pooled, time_ids = inputs()
+    expected = script_loop(reference.eval(), scheduler, source, mask, context, pooled, time_ids,
+                           torch.Generator().manual_seed(1))
+    actual = ours_official_sdxl(ours, source, mask, context, pooled, time_ids, seed=1, steps=PARITY_STEPS)
+    error = max_relative_error(actual, expected)
+    print(f"official SDXL loop vs diffusers re-creation: max relative error {error:.2e}")
+    assert error <= 1e-5
+    other_seed = ours_official_sdxl(ours, source, mask, context, pooled, time_ids, seed=2, steps=PARITY_STEPS)
+    assert max_relative_error(other_seed, expected) > 1e-3
+
+
+def test_official_sdxl_starts_at_timesteps_12_blends_at_the_current_t_and_draws_in_order():
+    unet = cheap_denoiser
+    source, mask, context, pooled, time_ids = inputs()
+    records = []
+    z = ours_official_sdxl(unet, source, mask, context, pooled, time_ids, seed=7, callback=records.append)
+    sampler = EulerSampler(SCHEDULE, 50)
+    assert [r.t for r in records] == list(range(741, 0, -20)) and records[0].num_steps == 38
+    generator = torch.Generator().manual_seed(7)
+    first = torch.randn(source.shape, generator=generator)
+    torch.testing.assert_close(records[0].z_t, source + sampler.sigma(741) * first, rtol=0, atol=0)
+    for record in records:                                 # one background draw per step, at the current t
+        background = sampler.add_noise(source, record.t, torch.randn(source.shape, generator=generator))
+        assert torch.equal(record.z_bg, background)
+        assert torch.equal(record.z, record.z_fg * record.mask + background * (1 - record.mask))
+    assert isinstance(records[-1], StepRecord) and torch.equal(z, records[-1].z)
+    assert max_relative_error(records[-1].z_fg, records[-1].x0_fg) < 1e-6   # the last Euler step ends at σ = 0
+    assert (z - source)[..., mask[0, 0] == 0].abs().max() > 0        # the background keeps σ_1 of noise
+
+
+def test_official_sdxl_with_shrinking_uses_the_dilated_masks_and_refuses_a_ddim_sampler():
+    unet = cheap_denoiser
+    source, mask, context, pooled, time_ids = inputs()
+    records = []
+    ours_official_sdxl(unet, source, mask, context, pooled, time_ids, shrink=True, callback=records.append)
+    areas = [int(r.mask.sum()) for r in records]
+    assert areas[0] > areas[-1] == int(mask.sum()) and areas == sorted(areas, reverse=True)
+    assert "official-sdxl" in VARIANTS
+    with pytest.raises(TypeError, match="EulerSampler"):
+        blended_latent_diffusion(unet, DDIMSampler(SCHEDULE, 50), source, mask, (context,), (context,),
+                                 guidance_scale=5.0, variant="official-sdxl")
