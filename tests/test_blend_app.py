@@ -311,3 +311,34 @@ def test_a_job_that_does_not_reach_its_next_step_before_the_stop_times_out_still
     gate.set()
     server.jobs.worker.join(WAIT_S)
     assert not server.jobs.worker.is_alive() and list(server.out.iterdir()) == []
+
+
+def test_ranked_results_come_best_first_with_ranking_txt(server):
+    photo, mask = photo_and_mask()
+    status, answer = post_edit(server, image=png(photo), mask=png(mask), prompt="a cat", steps=10, samples=3,
+                               rank="tiny")
+    assert status == 202, answer
+    job = wait_for(server, answer["job"])
+    assert job["state"] == "done" and len(job["results"]) == 3 and job["ranking"]
+    lines = request(server, "GET", job["ranking"])[1].decode().splitlines()
+    assert lines[0].startswith("# ranked by CLIP tiny") and len(lines) == 4
+    distances = [float(line.split("clip_distance ")[1]) for line in lines[1:]]
+    assert distances == sorted(distances)
+
+
+def test_a_ninth_waiting_job_is_refused_with_503(server, monkeypatch):
+    unet, gate = server.components.unet, threading.Event()
+    forward = type(unet).forward
+
+    def gated(*args, **kwargs):  # the first job's steps wait at the gate
+        assert gate.wait(WAIT_S)
+        return forward(unet, *args, **kwargs)
+
+    monkeypatch.setattr(unet, "forward", gated)
+    photo, mask = photo_and_mask()
+    fields = dict(image=png(photo), mask=png(mask), prompt="a cat", steps=4, samples=1)
+    status, first = post_edit(server, **fields)
+    assert status == 202 and wait_for(server, first["job"], states=("running",))["state"] == "running"
+    statuses = [post_edit(server, **fields)[0] for _ in range(9)]  # the first is held at the gate: 8 may wait
+    gate.set()
+    assert statuses == [202] * 8 + [503]
