@@ -4,7 +4,6 @@
     interfaces.py      what the loops take and give: the Denoiser protocol, StepRecord for the per-step callback
     masks.py           pixel mask → latent mask, dilation, the progressive shrinking schedule (§4.3)
     reconstruction.py  background reconstruction (§4.2): decoder fine-tuning, latent optimisation, paste
-    toy_model.py       an exact toy model (posterior mean of a dozen photographs) for offline runs
     rank.py            ranking of the results by CLIP distance of the edited region to the prompt (§4.4)
     images.py          photographs and masks in (EXIF orientation, modes, bit depths, alpha), PIL <-> tensors
     errors.py          EditInputError: a bad image, mask or option

@@ -151,7 +151,7 @@ def edit_and_write(args: argparse.Namespace, image: Image.Image, mask, output: "
               "path (tokenizer, text encoder, UNet, VAE) offline; for a meaningful offline edit use --model toy.",
               file=sys.stderr)
     if args.model == "toy":
-        print("toy model: the exact denoiser of a dozen photographs (blend/toy_model.py). Expect the masked\n"
+        print("toy model: the exact denoiser of a dozen photographs (weights/toy.py). Expect the masked\n"
               "region to become the same region of a photograph of the prompt's class, the rest to stay.",
               file=sys.stderr)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")

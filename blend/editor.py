@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+import weights
 from samplers import DDIMSampler
 
 from .algorithm import blended_latent_diffusion
@@ -35,7 +36,7 @@ from .masks import resize_mask, threshold_mask
 from .options import option_problem, size_multiple_of, warn_if_large
 from .rank import rank as rank_by_clip
 from .reconstruction import finetune_decoder, optimise_latent, paste_background
-from .toy_model import load_toy
+
 
 def load_model(model="sd-2.1-base", *, dtype=None, device="cpu", allow_pickle: bool = False):
     """Components (.unet .vae .text_encoder .tokenizer .spec): "toy", a `weights.load` source, or loaded ones.
@@ -44,11 +45,6 @@ def load_model(model="sd-2.1-base", *, dtype=None, device="cpu", allow_pickle: b
     """
     if not isinstance(model, (str, Path)):
         return model  # already loaded
-    if model == "toy":
-        toy = load_toy()
-        toy.unet.to(device)
-        return toy
-    import weights  # only the real models need the checkpoint loader
     return weights.load(model, dtype=dtype, device=device, allow_pickle=allow_pickle)
 
 
@@ -68,7 +64,7 @@ def edit(image, mask, prompt: str, *, model="sd-2.1-base", steps: int = 50, guid
          callback=None, rank: str | None = None, ranker=None) -> list:
     """Edit `image` inside `mask` (white = edit) towards `prompt`; returns `num_samples` PIL images.
 
-    model: "toy" (offline, exact; blend.toy_model), "tiny" (random weights: noise by design), a
+    model: "toy" (offline, exact; weights/toy.py), "tiny" (random weights: noise by design), a
     preset ("sd-2.1-base", the official script's; "sd-1.5"; "sd-2.1"), a checkpoint file or folder
     (see weights.load), or already loaded components. guidance_scale: default 7.5 (official), the
     toy's own default (1.0) for the toy. variant, shrink, start: see blended_latent_diffusion.
@@ -143,7 +139,7 @@ def _encode_prompts(components, prompts: list, device) -> list:
     for prompt in prompts:
         try:
             ids = components.tokenizer([prompt])
-        except ValueError as error:  # the toy's tokenizer: a prompt that names no class
+        except ValueError as error:  # a tokenizer that refuses the prompt (the toy's: it names no class)
             raise EditInputError(str(error)) from None
         contexts.append(components.text_encoder(ids.to(device)))
     return contexts

@@ -17,8 +17,9 @@ and exits with status 2. The ranges:
                      the UNet; assumed for a checkpoint path), 16 for tiny, 1 for the toy. Above
                      LARGE_SIZE it only warns (memory and time grow quickly past the training size)
     device           cpu, cuda, cuda:N (N below the number of GPUs), mps or xpu, and available here
-    model            "toy", a preset name, or an existing file or folder (a missing one is not
-                     looked for on the Hub: only preset names are; "" is refused, not read as ".")
+    model            a model name (weights.MODEL_NAMES: "toy" and the presets), or an existing file or
+                     folder (a missing one is not looked for on the Hub: only preset names are; "" is
+                     refused, not read as ".")
     rank             a CLIP name (ViT-B/16, ViT-L/14, tiny) or an existing .safetensors file
 
 What needs the network (is a preset's Hub repository reachable, are the files cached?) or the
@@ -34,6 +35,7 @@ import torch
 
 from clip import CLIP_NAMES
 from samplers import ddim_timesteps
+from weights import MODEL_NAMES, spec_of
 
 from .algorithm import VARIANTS
 from .reconstruction import MODES
@@ -96,8 +98,7 @@ def option_problem(*, steps=50, start=0.25, guidance_scale=None, num_samples=1, 
     if problem:
         return f"{named('device', device)}: {problem}"
     if isinstance(model, (str, Path)) and not _is_known_model(model):
-        from weights import presets
-        return (f"{named('model', model)}: neither a model name (toy, {', '.join(presets.NAMES)}) nor an "
+        return (f"{named('model', model)}: neither a model name ({', '.join(MODEL_NAMES)}) nor an "
                 f"existing file or folder (looked for {Path(model).expanduser().resolve()}); give one of those "
                 f"names, a .safetensors file or a diffusers folder")
     if rank is not None and not (isinstance(rank, str) and rank in CLIP_NAMES) and not _is_safetensors_file(rank):
@@ -143,38 +144,23 @@ def warn_if_large(size) -> None:
 def size_multiple_of(model) -> int:
     """What each side of the working image must divide by, for a model name or loaded components."""
     if not isinstance(model, (str, Path)):
-        return networks_size_multiple(getattr(model.vae, "config", None), getattr(model.unet, "config", None))
-    if model == "toy":
-        return 1
-    from weights import presets
-    if model in presets.NAMES:
-        spec = presets.get(model)
-        return networks_size_multiple(spec.vae, spec.unet)
+        return model.spec.size_multiple
+    if model in MODEL_NAMES:
+        return spec_of(model).size_multiple
     return CHECKPOINT_SIZE_MULTIPLE
-
-
-def networks_size_multiple(vae_config, unet_config) -> int:
-    """The autoencoder's downsampling factor times the UNet's (1 for a network without a config: the toy's)."""
-    vae_factor = 2 ** (len(vae_config.ch_mult) - 1) if vae_config is not None else 1
-    return vae_factor * (unet_config.downsampling_factor if unet_config is not None else 1)
 
 
 def _steps_offset(model) -> int:
     spec = getattr(model, "spec", None)
-    if spec is None and model == "toy":
-        from .toy_model import ToySpec
-        spec = ToySpec()
-    elif spec is None and isinstance(model, str):
-        from weights import presets
-        spec = presets.get(model) if model in presets.NAMES else None
+    if spec is None and isinstance(model, str) and model in MODEL_NAMES:
+        spec = spec_of(model)
     return getattr(spec, "steps_offset", PUBLISHED_STEPS_OFFSET)
 
 
 def _is_known_model(model) -> bool:
-    from weights import presets
     if not str(model).strip():
         return False                      # "" would be the current folder
-    return model == "toy" or (isinstance(model, str) and model in presets.NAMES) or Path(model).expanduser().exists()
+    return (isinstance(model, str) and model in MODEL_NAMES) or Path(model).expanduser().exists()
 
 
 def _is_safetensors_file(path) -> bool:

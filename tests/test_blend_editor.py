@@ -13,6 +13,7 @@ import weights
 from blend import EditInputError, edit
 from blend.cli import EXAMPLE_IMAGE, EXAMPLE_MASK
 from blend.editor import working_size
+from weights.toy import TOY_PHOTOS
 
 
 @pytest.fixture(scope="module")
@@ -174,7 +175,7 @@ def test_edit_toy_example_paints_the_prompt_class_and_keeps_the_background():
     mask = np.asarray(Image.open(EXAMPLE_MASK).convert("L").resize((64, 64), Image.NEAREST)) >= 128
     result = np.asarray(results[0].resize((64, 64), Image.LANCZOS), dtype=np.float32)
     toy_cats = [np.asarray(Image.open(p).convert("RGB").resize((64, 64), Image.LANCZOS), dtype=np.float32)
-                for p in sorted((EXAMPLE_IMAGE.parent / "toy").glob("cat_*.png"))]
+                for p in sorted(TOY_PHOTOS.glob("cat_*.png"))]
     coffee = np.asarray(source.resize((64, 64), Image.LANCZOS), dtype=np.float32)
     inside_to_cat = min(np.abs(result - cat)[mask].mean() for cat in toy_cats)
     assert inside_to_cat < 0.25 * np.abs(result - coffee)[mask].mean()   # the cup became a cat

@@ -1,9 +1,10 @@
-"""blend/toy_model.py: the exact posterior-mean denoiser, and Algorithm 1 made meaningful with it."""
+"""weights/toy.py: the exact posterior-mean denoiser, and Algorithm 1 made meaningful with it."""
 import pytest
 import torch
 
 from blend import blended_latent_diffusion
-from blend.toy_model import ToyDenoiser, ToyTextEncoder, ToyTokenizer, load_toy
+import weights
+from weights.toy import ToyDenoiser, ToyTextEncoder, ToyTokenizer
 from samplers import DDIMSampler, NoiseSchedule
 
 SIZE = 32  # the toy works at any size; its data is resized to the latent's
@@ -11,7 +12,7 @@ SIZE = 32  # the toy works at any size; its data is resized to the latent's
 
 @pytest.fixture(scope="module")
 def toy():
-    return load_toy()
+    return weights.load("toy")
 
 
 def test_toy_denoiser_is_posterior_mean():
@@ -95,3 +96,13 @@ def test_toy_edit_samples_follow_the_seed(toy):
     first, *_ = edit_with_toy(toy, coffee, "a rocket", seed=1)
     again, *_ = edit_with_toy(toy, coffee, "a rocket", seed=1)
     assert torch.equal(first, again)
+
+
+def test_toy_loads_through_weights_load_with_the_spec_fields_of_a_preset():
+    toy, tiny = weights.load("toy"), weights.load("tiny")
+    for field in ("name", "prediction_type", "scale_factor", "image_size", "size_multiple", "steps_offset",
+                  "guidance_scale", "notes"):
+        assert hasattr(toy.spec, field) and hasattr(tiny.spec, field), field
+    assert toy.spec.size_multiple == 1 and tiny.spec.size_multiple == 16   # tiny: 8 in the VAE, 2 in the UNet
+    assert weights.spec_of("toy") == toy.spec and weights.spec_of("tiny") == tiny.spec
+    assert toy.spec.build_schedule().alphas_cumprod.equal(tiny.spec.build_schedule().alphas_cumprod)

@@ -3,10 +3,11 @@ from . import presets
 from .random_init import fill_random_, random_state_dict, random_tensor
 from .errors import (CorruptFileError, NotAModelError, OfflineError, PickleRefusedError, StateDictMismatchError,
                      UnknownSourceError, UnsupportedModelError, WeightsError)
-from .load import Components, load
+from .load import MODEL_NAMES, Components, load, spec_of
 from .clip_ranker import load_clip
 from .pickle_checkpoint import convert_checkpoint
 
-__all__ = ["presets", "fill_random_", "random_state_dict", "random_tensor", "load", "Components", "load_clip",
+__all__ = ["presets", "fill_random_", "random_state_dict", "random_tensor", "load", "Components", "MODEL_NAMES",
+           "spec_of", "load_clip",
            "convert_checkpoint", "WeightsError", "UnknownSourceError", "NotAModelError", "CorruptFileError",
            "OfflineError", "PickleRefusedError", "StateDictMismatchError", "UnsupportedModelError"]

@@ -4,6 +4,7 @@
     load("v1-5-pruned-emaonly.safetensors") a single-file checkpoint in the original LDM layout
     load("path/to/folder")                  a diffusers-layout folder (unet/, vae/, text_encoder/, ...)
     load("tiny")                            a small random model: no files, for tests and offline runs
+    load("toy")                             the exact toy model of a dozen photographs (weights/toy.py)
 
 Whatever the source, the result is the same `Components`: our modules (named like the
 published single files), the tokenizer, and the `ModelSpec` that says what they are.
@@ -24,9 +25,16 @@ from .materialize import assign_weights, build_empty, open_safetensors
 from .pickle_checkpoint import PICKLE_SUFFIXES, read_pickle, refusal
 from .presets import ModelSpec
 from .random_init import fill_random_
+from .toy import ToySpec, load_toy
 
 TINY_SEEDS = {"unet": 0, "vae": 1, "text_encoder": 2}
 _PREDICTION_TYPES = {"epsilon": "epsilon", "eps": "epsilon", "v": "v", "v_prediction": "v"}
+MODEL_NAMES = ("toy", *presets.NAMES)   # the names `load` takes besides files and folders
+
+
+def spec_of(name: str) -> ModelSpec | ToySpec:
+    """The spec of a model name, before anything is loaded: a preset's, or the toy's."""
+    return ToySpec() if name == "toy" else presets.get(name)
 
 
 @dataclass
@@ -58,6 +66,8 @@ def load(source: str | Path, *, dtype: torch.dtype | None = None, device: str | 
         prediction_type = _PREDICTION_TYPES[prediction_type]
     options = dict(dtype=dtype, device=device, prediction_type=prediction_type)
 
+    if isinstance(source, str) and source == "toy":
+        return Components(*load_toy(device=device))
     if isinstance(source, str) and source == "tiny":
         return load_tiny(**options)
     if isinstance(source, str) and source in presets.NAMES:
@@ -81,7 +91,7 @@ def load(source: str | Path, *, dtype: torch.dtype | None = None, device: str | 
         raise UnknownSourceError(f"{path}: no such file (looked for {path.resolve()})")
     raise UnknownSourceError(
         f"{str(source)!r} is neither a known model id nor an existing file or folder "
-        f"(looked for {path.resolve()}). Known ids: {', '.join(presets.NAMES)}. For another Hub repository, "
+        f"(looked for {path.resolve()}). Known ids: {', '.join(MODEL_NAMES)}. For another Hub repository, "
         f"download it with `hf download <repo> --local-dir DIR` and pass DIR.")
 
 

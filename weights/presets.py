@@ -51,6 +51,11 @@ class ModelSpec:
         """The published single-file checkpoint's name (in the first source's repository)."""
         return self.sources[0].single_file if self.sources else None
 
+    @property
+    def size_multiple(self) -> int:
+        """What each side of an image must divide by: the autoencoder's factor times the UNet's (8 · 8 for SD)."""
+        return 2 ** (len(self.vae.ch_mult) - 1) * self.unet.downsampling_factor
+
     def build_unet(self) -> UNetModel:
         return UNetModel(self.unet)
 

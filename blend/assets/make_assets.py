@@ -1,4 +1,4 @@
-"""Re-create the files in blend/assets/ from scikit-image's sample photographs.
+"""Re-create the files in blend/assets/ and weights/toy_photos/ from scikit-image's sample photographs.
 
     pip install scikit-image==0.26.*  &&  python blend/assets/make_assets.py
 
@@ -10,6 +10,7 @@ from PIL import Image, ImageDraw
 from skimage import data
 
 HERE = Path(__file__).resolve().parent
+TOY_PHOTOS = HERE.parent.parent / "weights" / "toy_photos"   # the toy model's data set
 TOY_SIZE = 128  # side of each toy data-set image, pixels
 
 # class caption -> [(scikit-image function, crop box (left, top, right, bottom)), ...]
@@ -42,7 +43,7 @@ def main():
     for caption, crops in TOY_DATA.items():
         for index, (name, box) in enumerate(crops):
             crop = photo(name).crop(box).resize((TOY_SIZE, TOY_SIZE), Image.LANCZOS)
-            crop.save(HERE / "toy" / f"{caption}_{index}.png", optimize=True)
+            crop.save(TOY_PHOTOS / f"{caption}_{index}.png", optimize=True)
 
 
 if __name__ == "__main__":

@@ -12,9 +12,10 @@ x_0 is drawn uniformly from {x_k} and x_t = √ᾱ_t·x_0 + √(1−ᾱ_t)·ε (
 and ε̂ is the minimiser of the DDPM training loss E‖ε − ε̂(x_t, t)‖², the network SD approximates.
 At large t the weights are spread over the data; as t falls they become one-hot on one image.
 
-The parts, each stated for what it is:
-  * data: blend/assets/toy/<class>_<n>.png, twelve 128×128 crops of scikit-image's sample photographs
-    (SOURCES.md), two for each one-word class: astronaut, brick, cat, coffee, grass, rocket. Each is
+It loads like any other model, `weights.load("toy")`, into the same `Components` with a spec
+(`ToySpec`) that has the fields the editor reads. The parts, each stated for what it is:
+  * data: weights/toy_photos/<class>_<n>.png, twelve 128×128 crops of scikit-image's sample photographs
+    (blend/assets/SOURCES.md), two for each one-word class: astronaut, brick, cat, coffee, grass, rocket. Each is
     equally likely a priori. They are resized to whatever latent size the denoiser is called at.
   * "latent space" = pixel space: `IdentityAutoencoder` encodes and decodes x ↦ x, scale factor 1,
     so the latent of a 128×128 image is (3, 128, 128).
@@ -26,27 +27,31 @@ The parts, each stated for what it is:
     ε_u + w·(ε_c − ε_u) has its usual meaning. With w > 1 it extrapolates away from the unconditional
     answer, which for a data set this small is one particular photograph; w = 1 samples the class.
 """
+import re
 from dataclasses import dataclass
 from pathlib import Path
-import re
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from samplers import NoiseSchedule
 
-from .images import images_to_tensor, read_image
-
-TOY_DATA = Path(__file__).resolve().parent / "assets" / "toy"
+TOY_PHOTOS = Path(__file__).resolve().parent / "toy_photos"
 
 
-def load_toy_images(folder: Path = TOY_DATA):
-    """(images (N, 3, H, W) in [−1, 1], labels (N,) long, class names) from <class>_<n>.png files."""
+def load_toy_images(folder: Path = TOY_PHOTOS):
+    """(images (N, 3, H, W) in [−1, 1], labels (N,) long, class names) from <class>_<n>.png files.
+
+    x = level / 127.5 − 1 of each 8-bit RGB pixel (grey photographs are read as RGB).
+    """
     paths = sorted(folder.glob("*.png"))
     if not paths:
         raise FileNotFoundError(f"no toy data set images (<class>_<n>.png) in {folder}")
     class_names = sorted({path.stem.rsplit("_", 1)[0] for path in paths})
-    images = images_to_tensor([read_image(path) for path in paths])  # (N, 3, H, W)
+    levels = np.stack([np.asarray(Image.open(path).convert("RGB"), dtype=np.float32) for path in paths])
+    images = torch.from_numpy(levels / 127.5 - 1).permute(0, 3, 1, 2).contiguous()  # (N, 3, H, W)
     labels = torch.tensor([class_names.index(path.stem.rsplit("_", 1)[0]) for path in paths])
     return images, labels, class_names
 
@@ -138,11 +143,12 @@ class ToyTextEncoder(torch.nn.Module):
 
 @dataclass(frozen=True)
 class ToySpec:
-    """What the editor reads from a model spec, for the toy (compare weights.presets.ModelSpec)."""
+    """The toy's spec: the fields of weights.presets.ModelSpec that describe how to run a model."""
     name: str = "toy"
     prediction_type: str = "epsilon"
     scale_factor: float = 1.0        # identity autoencoder: z = x
     image_size: int = 128            # the side of the data set's images
+    size_multiple: int = 1           # no network divides the image: any working size runs
     steps_offset: int = 1            # SD's timesteps [981, 961, …, 1]
     guidance_scale: float = 1.0      # the conditional model is exact; w > 1 extrapolates (module docstring)
     notes: str = "exact posterior-mean denoiser of 12 photographs, in pixel space"
@@ -151,19 +157,12 @@ class ToySpec:
         return NoiseSchedule.scaled_linear()  # SD's β schedule
 
 
-@dataclass
-class ToyModel:
-    """The toy's components, named like those `weights.load` returns."""
-    unet: ToyDenoiser
-    vae: IdentityAutoencoder
-    text_encoder: ToyTextEncoder
-    tokenizer: ToyTokenizer
-    spec: ToySpec
+def load_toy(*, device="cpu", folder: Path = TOY_PHOTOS):
+    """(unet, vae, text_encoder, tokenizer, spec) of the toy model over the images in `folder`.
 
-
-def load_toy(folder: Path = TOY_DATA) -> ToyModel:
-    """The toy model over the images in `folder`."""
+    The denoiser computes in float64 whatever the caller's dtype (module docstring), so there is no dtype.
+    """
     images, labels, class_names = load_toy_images(folder)
     spec = ToySpec()
-    return ToyModel(unet=ToyDenoiser(images, labels, spec.build_schedule()), vae=IdentityAutoencoder(),
-                    text_encoder=ToyTextEncoder(), tokenizer=ToyTokenizer(class_names), spec=spec)
+    denoiser = ToyDenoiser(images, labels, spec.build_schedule()).to(device)
+    return denoiser, IdentityAutoencoder(), ToyTextEncoder(), ToyTokenizer(class_names), spec
