@@ -76,6 +76,7 @@ FAILURES = "failures.jsonl"
 PARTIAL = re.compile(r"\.(?P<id>.+)\.[0-9a-f]{8}\.partial")  # ResultFolder's hidden names
 # The final barrier waits for the slowest process; its share may take days, so wait that long.
 BARRIER_TIMEOUT = timedelta(days=7)
+REFUSAL_WAIT_S = 60
 
 
 @dataclass(frozen=True)
@@ -136,6 +137,11 @@ def run(args: argparse.Namespace, process: Process) -> int:
     if problems:
         if process.local_rank == 0:  # one copy per machine, not one per process
             print("\n".join(f"error: {problem}" for problem in problems), file=sys.stderr)
+        elif process.launched:
+            # torchrun stops all its processes when one ends in error: wait, so that local rank 0, which
+            # finds the same problems, prints them before this exit could stop it (its exit stops this one)
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            time.sleep(REFUSAL_WAIT_S)
         return 2
     warn_if_large(args.size)
     out = Path(args.out)

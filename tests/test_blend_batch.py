@@ -312,3 +312,15 @@ def test_batch_under_torchrun_on_gpus_uses_nccl_and_resumes(tmp_path):
         assert_whole(out, item_id, results, ranked=False)
     second = batch(manifest, out, *TOY_EDIT, processes=processes, gpus=True)
     assert "6 items: 0 done, 5 skipped, 1 failed" in summary_of(second), second.stderr
+
+
+def test_batch_under_torchrun_prints_a_bad_manifest_line_once_and_makes_nothing(tmp_path):
+    folder = tmp_path / "in"
+    write_inputs(folder)
+    manifest = folder / "bad.jsonl"
+    manifest.write_text('{"id": "a", "image": "photo.png", "mask": "mask.png", "prompt": "a cat", "steps": 0}\n')
+    run = batch(manifest, tmp_path / "out", *TOY_EDIT, processes=2)
+    assert run.returncode != 0
+    errors = [line for line in run.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [f'error: {manifest} line 1: "steps": 0: expected at least 1'], run.stderr  # local rank 0's
+    assert not (tmp_path / "out").exists()
