@@ -53,7 +53,7 @@ class ColourJudge:
     def __init__(self):
         self.seen = []
 
-    def scores(self, results, box):
+    def scores(self, results, box, mask=None):
         crops = crop(results, box)
         self.seen.append(crops)
         means = crops.mean(dim=(2, 3))                                     # (N, 3)
@@ -139,5 +139,5 @@ def test_toy_judge_names_the_class_of_the_photograph_pasted_in_the_crop():
     box = crop_box(mask)
     results = images[:1].repeat(len(images), 1, 1, 1).clone()       # background: photograph 0
     results[:, :, 30:80, 40:100] = images[:, :, 30:80, 40:100]      # region: photograph k
-    answers = judge.scores(results, box).argmax(dim=1)
+    answers = judge.scores(results, box, mask).argmax(dim=1)
     assert answers.tolist() == labels.tolist()

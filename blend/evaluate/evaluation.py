@@ -139,7 +139,7 @@ def score_input(item: Input, files: list, judge, lpips, *, padding: float, lpips
     results = images_to_tensor(images)                                            # (N, 3, H, W) in [−1, 1]
     mask = torch.from_numpy(read_mask(item.mask, images[0].size))                 # (H, W), 1 = edited
     box = crop_box(mask, padding)
-    scores = judge.scores(results, box)                                           # (N, C)
+    scores = judge.scores(results, box, mask)                                     # (N, C)
     top1, top5 = hits(scores, judge.class_names, item.class_name, 1), hits(scores, judge.class_names, item.class_name, 5)
     names = [path.name for path in files]
     best = best_result(files[0].parent)

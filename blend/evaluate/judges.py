@@ -1,7 +1,8 @@
 """The judges of precision: what recognises the prompt's class in the crop of a result.
 
-A judge has `class_names` (C names) and `scores(results, box)`, which crops the results
-(N, 3, H, W) in [−1, 1] to `box` and gives (N, C) scores, higher = more that class.
+A judge has `class_names` (C names) and `scores(results, box, mask)`: for results (N, 3, H, W)
+in [−1, 1], the crop window `box` and the pixel mask (H, W) of 1 = edited, it gives (N, C)
+scores, higher = more that class.
 
 * `CLIPJudge`: zero-shot CLIP (Radford et al. 2021, §3.1.4): the cosine between the crop's
   image embedding and the text embedding of "a photo of a {name}" for each class name. Its
@@ -10,8 +11,10 @@ A judge has `class_names` (C names) and `scores(results, box)`, which crops the 
   (data/imagenet_classes.txt, SOURCES.md beside it).
 * `ToyJudge`: for the exact toy model (blend/toy_model.py) only. The toy paints the masked region
   with the same region of one of its twelve photographs, so the judge asks which photograph the
-  crop is nearest to (mean squared difference, each photograph resized to the result's size as
-  the toy does) and answers that photograph's class. It measures the toy, and nothing else.
+  edited pixels are nearest to (mean squared difference over the mask's pixels, each photograph
+  resized to the result's size as the toy does) and answers that photograph's class. It reads the
+  mask, not the crop: the crop's background would vote for the source photograph. It measures the
+  toy, and nothing else.
 """
 from pathlib import Path
 
@@ -50,7 +53,7 @@ class CLIPJudge:
                                         for i in range(0, len(prompts), self.batch_size)])
         return self._text
 
-    def scores(self, results: torch.Tensor, box: Box) -> torch.Tensor:
+    def scores(self, results: torch.Tensor, box: Box, mask: torch.Tensor | None = None) -> torch.Tensor:
         with torch.no_grad():
             images = self.model.image_embeddings(crop(results, box))           # (N, D), unit
         return images @ self.text_embeddings().to(images.device).T              # (N, C) cosines
@@ -63,13 +66,14 @@ class ToyJudge:
         self.images, self.labels, self.class_names = images, labels, list(class_names)
         self.name = "toy (nearest of its photographs)"
 
-    def scores(self, results: torch.Tensor, box: Box) -> torch.Tensor:
+    def scores(self, results: torch.Tensor, box: Box, mask: torch.Tensor) -> torch.Tensor:
         photos = self.images
         if tuple(photos.shape[-2:]) != tuple(results.shape[-2:]):
             photos = F.interpolate(photos, size=tuple(results.shape[-2:]), mode="bilinear", antialias=True,
                                    align_corners=False)
-        ours = crop(results.double(), box).flatten(1)                          # (N, D)
-        theirs = crop(photos.double(), box).flatten(1)                         # (P, D)
+        edited = (mask > 0.5).expand(3, *mask.shape)                           # (3, H, W)
+        ours = results.double()[:, edited]                                     # (N, D): the edited pixels
+        theirs = photos.double()[:, edited]                                    # (P, D)
         distance = torch.cdist(ours, theirs) ** 2 / ours.shape[1]              # (N, P) mean squared difference
         scores = torch.full((len(results), len(self.class_names)), -torch.inf, dtype=torch.float64)
         for index in range(len(self.class_names)):
