@@ -133,6 +133,7 @@ def _interrupt(signum, frame):
 
 def run(args: argparse.Namespace, process: Process) -> int:
     """Check everything, then do this process's share of the manifest (exit status: module docstring)."""
+    started = time.perf_counter()
     items, device, problems = checked(args, process)
     if problems:
         if process.local_rank == 0:  # one copy per machine, not one per process
@@ -145,7 +146,6 @@ def run(args: argparse.Namespace, process: Process) -> int:
         return 2
     warn_if_large(args.size)
     out = Path(args.out)
-    started = time.perf_counter()
     if process.launched:
         torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=BARRIER_TIMEOUT,
                                              device_id=device if device.type == "cuda" else None)
@@ -160,14 +160,17 @@ def run(args: argparse.Namespace, process: Process) -> int:
     except ModelUnavailable as error:
         process.say(str(error))
         return 1
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # all written: torchrun may stop this process now
     if process.launched:
         torch.distributed.barrier()
         totals = torch.tensor(counts, dtype=torch.int64, device=device)
         torch.distributed.all_reduce(totals)
         counts = totals.tolist()
-        torch.distributed.destroy_process_group()
     if process.rank == 0:
         print(summary(len(items), *counts, time.perf_counter() - started, process.world_size, out), flush=True)
+    if process.launched:
+        torch.distributed.barrier()  # the summary is out before any exit, which ends torchrun's processes
+        torch.distributed.destroy_process_group()
     return 1 if counts[2] else 0
 
 
