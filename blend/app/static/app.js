@@ -46,7 +46,7 @@ async function loadExample() {
   const grey = scratchContext.getImageData(0, 0, scratch.width, scratch.height);
   const painted = ctx.createImageData(scratch.width, scratch.height);
   for (let i = 0; i < grey.data.length; i += 4) {
-    if (grey.data[i] >= 128) { painted.data[i] = 255; painted.data[i + 3] = 255; }  // white = edit → painted red
+    if (grey.data[i] >= 128) { painted.data[i + 1] = 110; painted.data[i + 2] = 255; painted.data[i + 3] = 255; }  // white = edit → painted
   }
   ctx.putImageData(painted, 0, 0);
 }
@@ -65,7 +65,7 @@ function brushWidth() {  // the slider is in screen pixels; the canvas has the p
 
 function strokeTo(point) {
   ctx.globalCompositeOperation = $("eraser").checked ? "destination-out" : "source-over";
-  ctx.strokeStyle = "rgb(255, 0, 0)";
+  ctx.strokeStyle = "rgb(0, 110, 255)";
   ctx.lineCap = ctx.lineJoin = "round";
   ctx.lineWidth = brushWidth();
   ctx.beginPath();
