@@ -74,6 +74,30 @@ def fetch(spec, *, fp16: bool) -> Path:
     raise unavailable(spec, answers, fp16)
 
 
+def fetch_single_file(spec) -> Path:
+    """The local path of `spec.single_file` from the first of `spec.sources` that gives it (cache first, as
+    `fetch`). SDXL's preset loads this way: `sd_xl_base_1.0.safetensors` holds every network (in float16),
+    and its VAE is the 1.0 one, which the repository's `vae/` folder is not."""
+    from huggingface_hub import constants
+    answers = {source.repo: [] for source in spec.sources}
+    passes = [True] if constants.HF_HUB_OFFLINE else [True, False]
+    for local_only in passes:
+        for source in spec.sources:
+            try:
+                file = snapshot(source.repo, [source.single_file], local_only) / source.single_file
+                if file.is_file():
+                    return file
+                raise Unusable("absent" if local_only else "incomplete",
+                               f"{'the cache' if local_only else 'the repository'} lacks {source.single_file}")
+            except Unusable as failure:
+                answers[source.repo].append(failure)
+    error = unavailable(spec, answers, fp16=False)
+    message = str(error).split("\nTo fix it")[0] + (
+        f"\nTo fix it, run `hf download {spec.hub_repo} {spec.single_file}` on a machine with network and copy "
+        f"its cache (HF_HOME) here, or pass the downloaded file itself: weights.load('path/to/{spec.single_file}').")
+    raise type(error)(message, error.attempts)
+
+
 def complete_snapshot(repo: str, fp16: bool, local_only: bool) -> Path:
     """`repo`'s snapshot folder if it holds every file `fetch` needs; else Unusable says what it lacks."""
     wanted = [*CONFIG_FILES, *weight_files(fp16)]

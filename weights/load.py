@@ -39,12 +39,16 @@ def spec_of(name: str) -> ModelSpec | ToySpec:
 
 @dataclass
 class Components:
-    """A loaded model: the three networks, the tokenizer, and the spec (architecture, ε or v, scale factor)."""
+    """A loaded model: the three networks, the tokenizer, and the spec (architecture, ε or v, scale factor).
+
+    SDXL adds its second text tower and that tower's tokenizer; other models leave them None."""
     unet: UNetModel
     vae: AutoencoderKL
     text_encoder: TextEncoder
     tokenizer: Tokenizer
     spec: ModelSpec
+    text_encoder_2: TextEncoder | None = None
+    tokenizer_2: Tokenizer | None = None
 
 
 def load(source: str | Path, *, dtype: torch.dtype | None = None, device: str | torch.device = "cpu",
@@ -72,6 +76,9 @@ def load(source: str | Path, *, dtype: torch.dtype | None = None, device: str | 
         return load_tiny(**options)
     if isinstance(source, str) and source in presets.NAMES:
         spec = presets.get(source)
+        if spec.text_2 is not None:             # SDXL: the single file (the folder's VAE is another one)
+            file = hub.fetch_single_file(spec)
+            return load_single_file(file, open_safetensors(file), **options)
         folder = hub.fetch(spec, fp16=dtype == torch.float16)
         return Components(*load_folder(folder, preset=spec, allow_pickle=False, **options))
 
@@ -109,7 +116,11 @@ def load_single_file(path: Path, tensors: dict, *, dtype, device, prediction_typ
                          dtype=dtype, device=device)
     text_encoder = assign_weights(build_empty(spec.build_text_encoder), parts.pop("text_encoder"), file=path,
                                   part="text_encoder", dtype=dtype, device=device)
-    return Components(unet, vae, text_encoder, spec.build_tokenizer(), spec)
+    if spec.text_2 is None:
+        return Components(unet, vae, text_encoder, spec.build_tokenizer(), spec)
+    text_encoder_2 = assign_weights(build_empty(spec.build_text_encoder_2), parts.pop("text_encoder_2"), file=path,
+                                    part="text_encoder_2", dtype=dtype, device=device)
+    return Components(unet, vae, text_encoder, spec.build_tokenizer(), spec, text_encoder_2, spec.build_tokenizer_2())
 
 
 def load_tiny(*, dtype, device, prediction_type) -> Components:

@@ -6,6 +6,8 @@ One file holds the whole LatentDiffusion model, with each network under its own 
     first_stage_model.*              the autoencoder
     cond_stage_model.transformer.*   SD 1's text tower (transformers' CLIPTextModel, `text_model.*`)
     cond_stage_model.model.*         SD 2's text tower (open_clip's names, 24 blocks)
+    conditioner.embedders.0.transformer.*   SDXL's ViT-L/14 tower (transformers' names, `text_model.*`)
+    conditioner.embedders.1.model.*         SDXL's ViT-bigG/14 tower (open_clip's names, 32 blocks)
 
 beside entries that are not weights of any network (`NON_WEIGHTS`). SD 1 and SD 2 are told apart
 by the text tower's prefix and checked against the UNet's cross-attention width (768 vs 1024).
@@ -19,6 +21,8 @@ from .errors import StateDictMismatchError, UnsupportedModelError, mismatch_mess
 UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."
 TEXT_PREFIXES = {"sd1": "cond_stage_model.transformer.", "sd2": "cond_stage_model.model."}
+SDXL_TEXT_PREFIXES = {"text_encoder": "conditioner.embedders.0.transformer.",
+                      "text_encoder_2": "conditioner.embedders.1.model."}
 
 # Not weights: the training-time EMA copy (`model_ema.decay`, `model_ema.num_updates`, and in the
 # non-"emaonly" files one flattened copy of every UNet weight), DDPM schedule buffers that the
@@ -28,7 +32,9 @@ SCHEDULE_BUFFERS = ("betas", "alphas_cumprod", "alphas_cumprod_prev", "sqrt_alph
                     "sqrt_one_minus_alphas_cumprod", "log_one_minus_alphas_cumprod", "sqrt_recip_alphas_cumprod",
                     "sqrt_recipm1_alphas_cumprod", "posterior_variance", "posterior_log_variance_clipped",
                     "posterior_mean_coef1", "posterior_mean_coef2", "logvar")
-NON_WEIGHTS = frozenset(SCHEDULE_BUFFERS + ("cond_stage_model.transformer.text_model.embeddings.position_ids",))
+NON_WEIGHTS = frozenset(SCHEDULE_BUFFERS + ("cond_stage_model.transformer.text_model.embeddings.position_ids",
+                                            "conditioner.embedders.0.transformer.text_model.embeddings.position_ids",
+                                            "denoiser.sigmas"))   # SDXL's σ table, which EulerSampler recomputes
 
 
 def is_non_weight(key: str) -> bool:
@@ -36,10 +42,10 @@ def is_non_weight(key: str) -> bool:
 
 
 def detect_family(tensors: dict, file) -> str:
-    """'sd1' or 'sd2', from the text tower's prefix, checked against the UNet's input and context widths."""
+    """'sd1', 'sd2' or 'sdxl', from the text towers' prefixes, checked against the UNet's input and context widths."""
     keys = tensors.keys()
     if any(k.startswith("conditioner.embedders.") for k in keys):
-        raise UnsupportedModelError(f"{file}: an SDXL checkpoint (conditioner.embedders.*); only SD 1.x/2.x load here")
+        return detect_sdxl(tensors, file)
     found = [family for family, prefix in TEXT_PREFIXES.items() if any(k.startswith(prefix) for k in keys)]
     if not any(k.startswith(UNET_PREFIX) for k in keys) or len(found) != 1:
         raise UnsupportedModelError(
@@ -59,13 +65,42 @@ def detect_family(tensors: dict, file) -> str:
     return family
 
 
+def detect_sdxl(tensors: dict, file) -> str:
+    """'sdxl' when both of SDXL's towers and its UNet are there, with the UNet attending to their joint width."""
+    keys = tensors.keys()
+    absent = [p for p in (UNET_PREFIX, VAE_PREFIX, *SDXL_TEXT_PREFIXES.values()) if not any(k.startswith(p) for k in keys)]
+    if absent:
+        raise UnsupportedModelError(f"{file}: an SDXL checkpoint (conditioner.embedders.*) without keys under "
+                                    f"{', '.join(map(repr, absent))}; a full SDXL base file has the UNet, the VAE and "
+                                    f"both text towers (a refiner or UNet-only file cannot be loaded as a model)")
+    conv_in = tensors.get(PROBES["unet"])
+    if conv_in is not None and conv_in.shape[1] != 4:
+        raise UnsupportedModelError(f"{file}: its UNet takes {conv_in.shape[1]} input channels (an inpainting "
+                                    "model); only the 4-channel text-to-image UNet is supported")
+    widths = [tensors[PROBES[p]].shape[1] for p in ("sdxl_0", "sdxl_1") if PROBES[p] in tensors]
+    to_k = next((v for k, v in tensors.items() if k.startswith(UNET_PREFIX) and k.endswith("attn2.to_k.weight")), None)
+    if len(widths) == 2 and to_k is not None and to_k.shape[1] != sum(widths):
+        raise UnsupportedModelError(f"{file}: the UNet cross-attends to width {to_k.shape[1]}, but its text towers "
+                                    f"have widths {widths[0]} + {widths[1]}")
+    return "sdxl"
+
+
 PROBES = {"unet": UNET_PREFIX + "input_blocks.0.0.weight", "vae": VAE_PREFIX + "encoder.conv_in.weight",
           "sd1": TEXT_PREFIXES["sd1"] + "text_model.embeddings.token_embedding.weight",
-          "sd2": TEXT_PREFIXES["sd2"] + "token_embedding.weight"}
+          "sd2": TEXT_PREFIXES["sd2"] + "token_embedding.weight",
+          "sdxl_0": SDXL_TEXT_PREFIXES["text_encoder"] + "text_model.embeddings.token_embedding.weight",
+          "sdxl_1": SDXL_TEXT_PREFIXES["text_encoder_2"] + "token_embedding.weight",
+          "sdxl_y": UNET_PREFIX + "label_emb.0.0.weight"}
 
 
 def probe_shapes(spec) -> dict:
     """The shapes a few tensors of `spec`'s networks have: enough to tell the presets apart."""
+    if getattr(spec, "text_2", None) is not None:
+        return {PROBES["unet"]: (spec.unet.model_channels, spec.unet.in_channels, 3, 3),
+                PROBES["vae"]: (spec.vae.ch, spec.vae.in_channels, 3, 3),
+                PROBES["sdxl_0"]: (spec.text.vocab_size, spec.text.width),
+                PROBES["sdxl_1"]: (spec.text_2.vocab_size, spec.text_2.width),
+                PROBES["sdxl_y"]: (4 * spec.unet.model_channels, spec.unet.adm_in_channels)}
     return {PROBES["unet"]: (spec.unet.model_channels, spec.unet.in_channels, 3, 3),
             PROBES["vae"]: (spec.vae.ch, spec.vae.in_channels, 3, 3),
             PROBES[spec.text.layout]: (spec.text.vocab_size, spec.text.width)}
@@ -79,6 +114,9 @@ def choose_preset(family: str, file: Path, shapes: dict, prediction_type: str | 
     """
     fits = [name for name in presets.NAMES if presets.get(name).text.layout == family
             and all(shapes.get(k) == v for k, v in probe_shapes(presets.get(name)).items())]
+    if family == "sdxl":
+        fits = [name for name in presets.NAMES if getattr(presets.get(name), "text_2", None) is not None
+                and all(shapes.get(k) == v for k, v in probe_shapes(presets.get(name)).items())]
     if not fits:
         found = {k: shapes.get(k) for k in PROBES.values() if k in shapes}
         raise UnsupportedModelError(
@@ -103,7 +141,8 @@ def split(tensors: dict, family: str, file) -> dict[str, dict]:
 
     Any other key is an error, listed by name: strict loading, with the ignore list explicit.
     """
-    prefixes = {"unet": UNET_PREFIX, "vae": VAE_PREFIX, "text_encoder": TEXT_PREFIXES[family]}
+    prefixes = {"unet": UNET_PREFIX, "vae": VAE_PREFIX}
+    prefixes.update(SDXL_TEXT_PREFIXES if family == "sdxl" else {"text_encoder": TEXT_PREFIXES[family]})
     parts = {part: {} for part in prefixes}
     stray = []
     for key, value in tensors.items():
