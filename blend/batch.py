@@ -12,8 +12,9 @@ Processes. Alone, one process does every item. Under torchrun (RANK, WORLD_SIZE,
 process `rank` of `world_size` takes the items i (in manifest order, from 0) with
 i % world_size == rank. Each loads the model once, when its first item needs it, on cuda:LOCAL_RANK
 when there are GPUs (hide them with CUDA_VISIBLE_DEVICES= to run on the CPU), else on the CPU.
-torch.distributed (nccl on GPUs, gloo on the CPU) serves only a barrier at the start (after rank 0
-has removed the last run's failures.jsonl) and the summary at the end.
+torch.distributed (nccl on GPUs, gloo on the CPU; joined by every process torchrun starts) serves only
+a barrier at the start (after rank 0 has removed the last run's failures.jsonl) and the summary at
+the end (a barrier, the sum of the counts, and a barrier once rank 0 has printed it).
 
 Results, under --out DIR:
     DIR/<id>/result_<k>.png   k = 0 … samples − 1; best first with --rank
