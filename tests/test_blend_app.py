@@ -16,8 +16,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from blend.app import EditServer, MAX_UPLOAD_BYTES
-from blend.cli import EXAMPLE_IMAGE, main as cli_main
+from blend.app import MAX_UPLOAD_BYTES, EditServer
+from blend.cli import EXAMPLE_IMAGE
+from blend.cli import main as cli_main
 from blend.editor import load_model
 
 REPO = Path(__file__).resolve().parents[1]

@@ -76,7 +76,8 @@ def wait_until(driver, script: str, what: str):
         if value:
             return value
         time.sleep(0.1)
-    state, error = driver.execute_script("return [document.body.dataset.state, document.getElementById('error').textContent]")
+    state, error = driver.execute_script(
+        "return [document.body.dataset.state, document.getElementById('error').textContent]")
     pytest.fail(f"the page did not {what} within {WAIT_S} s (state {state!r}, error {error!r})")
 
 
@@ -107,7 +108,7 @@ def test_page_paints_a_stroke_with_pointer_events_and_the_toy_edits_inside_it_on
         stroke.release().perform()
 
         driver.find_element(By.ID, "run").click()
-        state = wait_until(driver, "const s = document.body.dataset.state; return (s === 'done' || s === 'failed') && s",
+        state = wait_until(driver, "const s = document.body.dataset.state; return ['done', 'failed'].includes(s) && s",
                            "finish the job")
         assert state == "done", driver.find_element(By.ID, "error").text
         wait_until(driver, "return [...document.images].every((image) => image.complete && image.naturalWidth > 0)",

@@ -2,13 +2,13 @@
 
 Fields (the option fields are named as `python -m blend`'s long options and take the same values):
 
-    image       file, the photograph (any format Pillow reads)          required
-    mask        file, white = edit (blend.images' rules)                 required
-    prompt      text                                                     required
-    steps samples guidance start seed size                               numbers; empty or absent: the CLI's default
-    variant reconstruction                                               one of the CLI's choices
-    shrink                                                               on/off (true/false, 1/0); absent: off
-    rank                                                                 a CLIP name (ViT-B/16, …); empty or absent: no ranking
+    image                                   file, the photograph (any format Pillow reads); required
+    mask                                    file, white = edit (blend.images' rules); required
+    prompt                                  text; required
+    steps samples guidance start seed size  numbers; empty or absent: the CLI's default
+    variant reconstruction                  one of the CLI's choices
+    shrink                                  on/off (true/false, 1/0); absent: off
+    rank                                    a CLIP name (ViT-B/16, …); empty or absent: no ranking
 
 The values are checked by the CLI's own checks (blend.cli.option_refusal, then blend.images'
 read_image and read_mask, then the model's tokenizer), so a refusal is the sentence the CLI prints
