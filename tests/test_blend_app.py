@@ -155,6 +155,13 @@ def test_bad_mask_or_option_is_refused_with_400_and_the_clis_message(server, tmp
 
     status, answer = post_edit(server, image=png(photo), mask=b"GIF89a not really", prompt="a cat")
     assert status == 400 and answer["error"].startswith("cannot read the mask file mask.png as an image")
+    Image.MAX_IMAGE_PIXELS, limit = None, Image.MAX_IMAGE_PIXELS
+    try:
+        bomb = png(Image.new("L", (12000, 12000)))               # 144 M pixels in 140 kB
+    finally:
+        Image.MAX_IMAGE_PIXELS = limit
+    status, answer = post_edit(server, image=bomb, mask=png(mask), prompt="a cat")
+    assert status == 400 and "more pixels than Pillow opens safely" in answer["error"]
     status, answer = post_edit(server, image=png(photo), mask=png(mask), prompt="a dog")
     assert status == 400 and "names none of them" in answer["error"]
     status, answer = post_edit(server, image=png(photo), mask=png(mask), prompt="a cat", guidance_scale=2)

@@ -133,7 +133,10 @@ def uploaded_image(fields: dict, name: str) -> Image.Image:
         with Image.open(io.BytesIO(data)) as opened:
             opened.load()
             image = opened.copy()
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombWarning, Image.DecompressionBombError) as error:
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError):
+        raise FormError(f"the {name} file {shown} has more pixels than Pillow opens safely ({Image.MAX_IMAGE_PIXELS} "
+                        f"pixels, its guard against decompression bombs); send a smaller photograph") from None
+    except (UnidentifiedImageError, OSError) as error:
         reason = str(error) if not isinstance(error, UnidentifiedImageError) else "not an image Pillow can read"
         raise FormError(f"cannot read the {name} file {shown} as an image: {reason}. Save it as PNG or JPEG.") from None
     image.filename = shown                     # describe() names it: "the mask file mask.png"
