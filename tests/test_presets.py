@@ -4,9 +4,9 @@ import pytest
 from weights import presets
 
 
-def test_get_knows_the_five_presets_and_lists_them_for_an_unknown_name():
-    assert set(presets.NAMES) == {"sd-1.5", "sd-2.1-base", "sd-2.1", "sdxl-base-1.0", "tiny"}
-    with pytest.raises(KeyError, match="sd-1.5, sd-2.1-base, sd-2.1, sdxl-base-1.0, tiny"):
+def test_get_knows_the_six_presets_and_lists_them_for_an_unknown_name():
+    assert set(presets.NAMES) == {"sd-1.5", "sd-2.1-base", "sd-2.1", "sdxl-base-1.0", "ldm-txt2img-f8-large", "tiny"}
+    with pytest.raises(KeyError, match="sd-1.5, sd-2.1-base, sd-2.1, sdxl-base-1.0, ldm-txt2img-f8-large, tiny"):
         presets.get("sd-3")
 
 

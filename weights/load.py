@@ -18,7 +18,7 @@ import torch
 from clip import TextEncoder, Tokenizer
 from ldm import AutoencoderKL, UNetModel
 
-from . import hub, presets, single_file
+from . import hub, ldm_txt2img, presets, single_file
 from .diffusers_folder import load_folder
 from .errors import NotAModelError, UnknownSourceError
 from .materialize import assign_weights, build_empty, open_safetensors
@@ -76,6 +76,8 @@ def load(source: str | Path, *, dtype: torch.dtype | None = None, device: str | 
         return load_tiny(**options)
     if isinstance(source, str) and source in presets.NAMES:
         spec = presets.get(source)
+        if isinstance(spec, presets.LDMSpec):   # the paper's LDM: pickles from known sources, converted once
+            return Components(*ldm_txt2img.load_preset(spec, dtype=dtype, device=device))
         if spec.text_2 is not None:             # SDXL: the single file (the folder's VAE is another one)
             file = hub.fetch_single_file(spec)
             return load_single_file(file, open_safetensors(file), **options)
@@ -83,6 +85,9 @@ def load(source: str | Path, *, dtype: torch.dtype | None = None, device: str | 
         return Components(*load_folder(folder, preset=spec, allow_pickle=False, **options))
 
     path = Path(source).expanduser()
+    if path.is_dir() and ldm_txt2img.looks_like_port(path):
+        return Components(*ldm_txt2img.load_port(path, presets.get("ldm-txt2img-f8-large"), convert=False,
+                                                 allow_pickle=allow_pickle, dtype=dtype, device=device))
     if path.is_dir():
         return Components(*load_folder(path, allow_pickle=allow_pickle, **options))
     if path.is_file():
@@ -104,6 +109,10 @@ def load(source: str | Path, *, dtype: torch.dtype | None = None, device: str | 
 
 def load_single_file(path: Path, tensors: dict, *, dtype, device, prediction_type) -> Components:
     """A single-file checkpoint's networks, on the architecture of the preset it matches."""
+    if ldm_txt2img.is_ldm_txt2img(tensors):     # the paper's LDM; its vocab.txt beside it, or the downloaded one
+        vocab_file = path.parent / "vocab.txt" if (path.parent / "vocab.txt").is_file() else None
+        return Components(*ldm_txt2img.load_single_file(path, tensors, presets.get("ldm-txt2img-f8-large"),
+                                                        vocab_file=vocab_file, dtype=dtype, device=device))
     family = single_file.detect_family(tensors, path)
     shapes = {k: tuple(tensors[k].shape) for k in single_file.PROBES.values() if k in tensors}
     preset = presets.get(single_file.choose_preset(family, path, shapes, prediction_type, presets))

@@ -10,7 +10,8 @@ the same names, in the order `weights.hub.fetch` tries them (see weights/LOADING
 """
 from dataclasses import dataclass, field, replace
 
-from ldm import AutoencoderConfig, AutoencoderKL, UNetConfig, UNetModel
+from ldm import AutoencoderConfig, AutoencoderKL, BERTConfig, BERTTextEncoder, UNetConfig, UNetModel
+from ldm.wordpiece import WordPieceTokenizer
 from clip import TextConfig, TextEncoder, Tokenizer
 from samplers import NoiseSchedule
 
@@ -37,6 +38,8 @@ class ModelSpec:
     beta_end: float = 0.012
     num_train_timesteps: int = 1000
     steps_offset: int = 1                # the published scheduler configs use 1
+    timestep_spacing: str = "leading"    # DDIM timesteps (samplers.ddim_timesteps): "leading" or CompVis's "uniform"
+    z_init: str = "mean"                 # the source latent: the posterior "mean" (SD2 script) or a "sample" (LDM)
     text_2: TextConfig | None = None     # SDXL's second text tower (OpenCLIP ViT-bigG/14), else None
     time_embedding_dim: int = 256        # SDXL: width of each time-id embedding in the UNet's y
     notes: str = field(default="", compare=False)
@@ -82,6 +85,25 @@ class ModelSpec:
 
     def build_schedule(self) -> NoiseSchedule:
         return NoiseSchedule.scaled_linear(self.beta_start, self.beta_end, self.num_train_timesteps)
+
+
+@dataclass(frozen=True)
+class LDMSpec(ModelSpec):
+    """CompVis's text-to-image LDM: a BERT text encoder (`ldm.bert`) over WordPiece ids, CompVis's float64 schedule."""
+    vocab_source: tuple[str, str] = ("CompVis/ldm-text2im-large-256", "tokenizer/vocab.txt")  # (repo, file)
+
+    def build_text_encoder(self) -> BERTTextEncoder:
+        return BERTTextEncoder(self.text)
+
+    def build_tokenizer(self, vocab_file=None) -> WordPieceTokenizer:
+        """The WordPiece tokenizer of `vocab_file` (a vocab.txt), by default the model's (from the Hub cache)."""
+        if vocab_file is None:
+            from .ldm_txt2img import fetch_vocabulary   # the Hub, only when no file is given
+            vocab_file = fetch_vocabulary(self)
+        return WordPieceTokenizer(vocab_file, context_length=self.text.max_seq_len)
+
+    def build_schedule(self) -> NoiseSchedule:
+        return NoiseSchedule.compvis_linear(self.beta_start, self.beta_end, self.num_train_timesteps)
 
 
 _SD1_TEXT = TextConfig(layout="sd1", width=768, layers=12, heads=12, activation="quick_gelu")
@@ -149,6 +171,23 @@ _PRESETS = {
         image_size=1024,
         guidance_scale=5.0,
         sources=(HubSource("stabilityai/stable-diffusion-xl-base-1.0", "sd_xl_base_1.0.safetensors"),),
+    ),
+    # The paper's own model, LDM-KL-8-G (CompVis txt2img-f8-large, 1.45 B; configs/latent-diffusion/
+    # txt2img-1p4B-eval.yaml), with the official LDM script's defaults: 256², 50 uniform DDIM steps
+    # (981 … 1), guidance 5, the source latent a posterior sample.
+    "ldm-txt2img-f8-large": LDMSpec(
+        name="ldm-txt2img-f8-large",
+        unet=UNetConfig(context_dim=1280),
+        vae=AutoencoderConfig(),
+        text=BERTConfig(),
+        prediction_type="epsilon",
+        scale_factor=0.18215,
+        image_size=256,
+        guidance_scale=5.0,
+        sources=(HubSource("omriav/blended-latent-diffusion-ldm", "model.ckpt"),
+                 HubSource("CompVis/ldm-text2im-large-256")),
+        timestep_spacing="uniform",
+        z_init="sample",
     ),
     "tiny": ModelSpec(
         name="tiny",

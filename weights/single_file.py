@@ -112,7 +112,7 @@ def choose_preset(family: str, file: Path, shapes: dict, prediction_type: str | 
     SD 2 comes in ε (512 px) and v (768 px) variants with the same shapes: `prediction_type`
     decides, else the file name if it is the published one, else ε with a warning.
     """
-    fits = [name for name in presets.NAMES if presets.get(name).text.layout == family
+    fits = [name for name in presets.NAMES if getattr(presets.get(name).text, "layout", None) == family
             and all(shapes.get(k) == v for k, v in probe_shapes(presets.get(name)).items())]
     if family == "sdxl":
         fits = [name for name in presets.NAMES if getattr(presets.get(name), "text_2", None) is not None
