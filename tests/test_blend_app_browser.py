@@ -4,6 +4,7 @@ reason, when Selenium, Chromium or chromedriver cannot be had (.ci/run installs 
 
 The screenshot is written to $BLEND_TEST_ARTEFACTS/paint_and_edit.png (default: outputs/test-artefacts/).
 """
+import base64
 import io
 import json
 import os
@@ -140,3 +141,61 @@ def test_page_paints_a_stroke_with_pointer_events_and_the_toy_edits_inside_it_on
         assert np.abs(result[mask] - source[mask]).mean() > 10   # inside: painted towards "a cat"
     print(f"browser saw: {shown}; mask {mask.sum()} px, rows {rows.min()}..{rows.max()}, "
           f"columns {columns.min()}..{columns.max()}; screenshot {artefacts / 'paint_and_edit.png'}")
+
+
+def painted_mask(driver) -> np.ndarray:
+    """The mask the page would send (its maskPng()), as (H, W) bool."""
+    data_url = driver.execute_async_script("""
+        const done = arguments[arguments.length - 1];
+        maskPng().then((blob) => { const reader = new FileReader(); reader.onload = () => done(reader.result);
+                                   reader.readAsDataURL(blob); });""")
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(data_url.split(",", 1)[1]))).convert("L")) > 127
+
+
+def paint(driver, canvas, y: float, x_from: float, x_to: float, brush: int) -> None:
+    """A mouse stroke (pointer events) at height y from x_from to x_to, in fractions of the canvas from its centre."""
+    from selenium.webdriver.common.action_chains import ActionChains
+    driver.execute_script(f"document.getElementById('brush-size').value = {brush}")
+    box = canvas.rect
+
+    def at(x: float) -> tuple:
+        return int(box["width"] * x), int(box["height"] * y)
+
+    stroke = ActionChains(driver).move_to_element_with_offset(canvas, *at(x_from)).click_and_hold()
+    for step in range(1, 5):
+        stroke.move_to_element_with_offset(canvas, *at(x_from + (x_to - x_from) * step / 4))
+    stroke.release().perform()
+
+
+def test_brush_size_undo_eraser_and_clear_change_the_mask_the_page_sends(server, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    Image.open(EXAMPLE_IMAGE).convert("RGB").resize((128, 96)).save(tmp_path / "photo.png")
+    driver = chrome_driver()
+    try:
+        driver.get(server.url)
+        wait_until(driver, "return document.body.dataset.ready", "start")
+        driver.find_element(By.ID, "photo-file").send_keys(str(tmp_path / "photo.png"))
+        wait_until(driver, "return document.body.dataset.photo === '128x96'", "show the uploaded photo")
+        canvas = driver.find_element(By.ID, "mask")
+        assert not painted_mask(driver).any()                     # a new photo starts with an empty mask
+        paint(driver, canvas, -0.25, -0.3, 0.3, brush=60)
+        wide = painted_mask(driver)
+        paint(driver, canvas, 0.25, -0.3, 0.3, brush=15)
+        both = painted_mask(driver)
+        narrow = both & ~wide
+        assert (both >= wide).all() and narrow.any()
+        rows = [np.ptp(np.nonzero(mask)[0]) for mask in (narrow, wide)]
+        assert rows[0] < rows[1] / 2                              # the brush size sets the stroke's width
+        driver.find_element(By.ID, "undo").click()
+        assert (painted_mask(driver) == wide).all()               # undo removes the last stroke exactly
+        driver.find_element(By.ID, "eraser").click()
+        paint(driver, canvas, -0.25, -0.4, 0.0, brush=80)         # erase the left half of the wide stroke
+        erased = painted_mask(driver)
+        assert erased.any() and (erased <= wide).all() and np.nonzero(erased)[1].min() > 0.45 * 128
+        driver.find_element(By.ID, "clear").click()
+        assert not painted_mask(driver).any()
+        driver.find_element(By.ID, "undo").click()                # clear can be undone too
+        assert (painted_mask(driver) == erased).all()
+    finally:
+        driver.quit()
