@@ -64,6 +64,10 @@ def option_problem(*, steps=50, start=0.25, guidance_scale=None, num_samples=1, 
         return f"{named('variant', variant)}: expected one of {', '.join(VARIANTS)}"
     if reconstruction not in MODES:
         return f"{named('reconstruction', reconstruction)}: reconstruction must be one of {MODES}"
+    if variant == "official-sdxl" and isinstance(model, str) and model in MODEL_NAMES \
+            and getattr(spec_of(model), "text_2", None) is None:
+        return (f"{named('variant', variant)}: the official SDXL script's loop needs an SDXL model "
+                f"({'--model' if cli else 'model='} sdxl-base-1.0 or an SDXL file), not {model!r}")
     for option, value, low in (("steps", steps, 1), ("num_samples", num_samples, 1), ("seed", seed, 0)):
         if not _is_integer(value):
             return f"{named(option, value)}: expected a whole number"

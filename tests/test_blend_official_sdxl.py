@@ -116,3 +116,69 @@ def test_official_sdxl_with_shrinking_uses_the_dilated_masks_and_refuses_a_ddim_
     with pytest.raises(TypeError, match="EulerSampler"):
         blended_latent_diffusion(unet, DDIMSampler(SCHEDULE, 50), source, mask, (context,), (context,),
                                  guidance_scale=5.0, variant="official-sdxl")
+
+
+# ----------------------------------------------------------------------------- the editor with SDXL
+@pytest.fixture
+def small_sdxl_components(tmp_path, monkeypatch):
+    """A small SDXL-shaped model loaded from a file in the published single-file layout."""
+    from safetensors.torch import save_file
+
+    import weights
+    from test_weights_sdxl import SMALL, sdxl_file_tensors
+    monkeypatch.setitem(weights.presets._PRESETS, "sdxl-base-1.0", SMALL)
+    path = tmp_path / "sd_xl_base_1.0.safetensors"
+    save_file(sdxl_file_tensors(), str(path))
+    return weights.load(path, dtype=torch.float32)
+
+
+def test_sdxl_conditioning_is_two_towers_pooled_time_ids_and_zero_uncond(small_sdxl_components):
+    from blend.editor import sdxl_conditioning
+    components = small_sdxl_components
+    (context, y), (context_u, y_u) = sdxl_conditioning(components, "a cat", (64, 128), "cpu")
+    ids, ids_2 = components.tokenizer(["a cat"]), components.tokenizer_2(["a cat"])
+    with torch.no_grad():
+        expected = torch.cat([components.text_encoder(ids), components.text_encoder_2(ids_2)], dim=-1)
+        pooled = components.text_encoder_2.pooled_embedding(ids_2)
+    assert torch.equal(context, expected) and context.shape == (1, 77, 48)
+    time_ids = torch.tensor([[64, 128, 0, 0, 64, 128]])                # (H, W) of the working image, crop (0, 0)
+    assert torch.equal(y, vector_conditioning(pooled, time_ids))
+    assert torch.equal(context_u, torch.zeros_like(context))
+    assert torch.equal(y_u, vector_conditioning(torch.zeros_like(pooled), time_ids))
+
+
+@pytest.mark.parametrize("variant, options", [("official-sdxl", {}), ("paper", {"shrink": True}),
+                                              ("official-sdxl", {"reconstruction": "latent", "rank": "tiny"})])
+def test_edit_runs_sdxl_with_each_variant(small_sdxl_components, variant, options):
+    import numpy as np
+    from PIL import Image
+
+    from blend import edit
+    image = Image.fromarray((np.random.default_rng(0).random((48, 80, 3)) * 255).astype(np.uint8))
+    mask = np.zeros((48, 80), dtype=np.uint8)
+    mask[8:40, 16:56] = 255
+    records = []
+    results = edit(image, Image.fromarray(mask), "a cat", model=small_sdxl_components, steps=8, num_samples=2,
+                   variant=variant, size=64, device="cpu", callback=records.append, **options)
+    assert len(results) == 2 and all(result.size == (80, 48) for result in results)
+    assert len(records) == 6                                            # 8 steps, the first quarter skipped
+    assert records[0].z_t.shape == (2, 4, 4, 8)                          # 64x32 (sides multiples of 8·4): 4x8 latents
+
+
+def test_sdxl_runs_in_bfloat16_by_default_on_a_cpu_with_native_bf16_and_says_so(tmp_path, monkeypatch):
+    from safetensors.torch import save_file
+
+    import blend.editor as editor
+    import weights
+    from test_weights_sdxl import SMALL, sdxl_file_tensors
+    monkeypatch.setitem(weights.presets._PRESETS, "sdxl-base-1.0", SMALL)
+    path = tmp_path / "some_sdxl_finetune.safetensors"
+    save_file(sdxl_file_tensors(), str(path))
+    monkeypatch.setattr(editor, "cpu_has_native_bf16", lambda: True)
+    with pytest.warns(UserWarning, match="SDXL on this CPU runs in bfloat16"):
+        loaded = editor.load_model(str(path), device="cpu")
+    assert loaded.unet.out[2].weight.dtype == torch.bfloat16
+    assert editor.load_model(str(path), dtype=torch.float32, device="cpu").unet.out[2].weight.dtype == torch.float32
+    monkeypatch.setattr(editor, "cpu_has_native_bf16", lambda: False)
+    assert editor.load_model(str(path), device="cpu").unet.out[2].weight.dtype == torch.float32
+    assert editor.sdxl_default_dtype("sd-1.5", "cpu") is None and editor.sdxl_default_dtype(str(path), "cuda") is None
