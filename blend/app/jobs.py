@@ -1,10 +1,10 @@
 """The page's jobs: one worker thread runs Algorithm 1 for one job at a time; the others wait in a queue.
 
-A job is an edit request whose inputs were already checked (blend.app.server). Its files go into a
-folder of its own, ROOT/<id>, written as the CLI writes (blend.cli.ResultFolder): first into a hidden
-folder beside it, renamed when the results are all written, removed on failure or when the server
-stops. Every file in it is written under a temporary name and renamed, so a file that is listed is
-whole. Its files are
+A job is an edit request whose inputs were already checked (blend.app.form). Its files go into a
+folder of its own, ROOT/<id>, written as the CLI writes (blend.cli.ResultFolder, write_results): first
+into a hidden folder beside it, renamed when the results are all written, removed on failure or when
+the server stops. A file is listed (and so served) only once it is whole: previews are written under a
+temporary name and renamed, the results are listed after they are all written. Its files are
 
     mask.png                     the mask as it was read (white = edit), at the photograph's size
     preview_<step>.png           the decoded denoised estimate x̂0 = D(x0_fg / s) of sample 0 after a step
@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..cli import ResultFolder, grid
+from ..cli import ResultFolder, write_results
 from ..editor import EditInputError, edit
 from ..images import mask_to_image, tensor_to_image
 
@@ -201,15 +201,10 @@ class JobQueue:
                 job.state, job.folder, job.steps = "running", output.temporary, 0
             self._write(job, "mask.png", mask_to_image(job.request.mask), "extras")
             results = self._edit(job)
-            for index, result in enumerate(results):
-                self._write(job, f"result_{index}.png", result, "results")
-            self._write(job, "grid.png", grid(job.request.image, job.request.mask, results), "extras")
-            if job.request.rank:
-                lines = [f"result_{index}.png  sample {result.info['sample']}  clip_distance "
-                         f"{result.info['clip_distance']:.6f}" for index, result in enumerate(results)]
-                self._write(job, "ranking.txt", f"# ranked by CLIP {job.request.rank} (paper §4.4): lower "
-                                                f"distance is better\n" + "\n".join(lines) + "\n", "extras")
-            with self.lock:
+            write_results(output.temporary, job.request.image, job.request.mask, results, job.request.rank)
+            with self.lock:  # listed once written: a listed file is whole
+                job.results = [f"result_{index}.png" for index in range(len(results))]
+                job.extras += ["grid.png", *(["ranking.txt"] if job.request.rank else [])]
                 job.folder = output.commit()
             self._finish(job, "done")
         except JobStopped:
@@ -258,14 +253,10 @@ class JobQueue:
         return edit(request.image, request.mask, request.prompt, model=components, device=self.device,
                     callback=on_step, ranker=ranker, **request.options)
 
-    def _write(self, job: Job, name: str, content, kind: str) -> None:
-        """Write one file of the job under a temporary name, rename it, then list it."""
-        folder = job.folder
-        temporary = folder / f".{name}.partial"
-        if isinstance(content, Image.Image):
-            content.save(temporary, format="PNG")
-        else:
-            temporary.write_text(content)
-        os.replace(temporary, folder / name)
+    def _write(self, job: Job, name: str, image: Image.Image, kind: str) -> None:
+        """Write one PNG of the job under a temporary name, rename it, then list it."""
+        temporary = job.folder / f".{name}.partial"
+        image.save(temporary, format="PNG")
+        os.replace(temporary, job.folder / name)
         with self.lock:
             getattr(job, kind).append(name)
