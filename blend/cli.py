@@ -63,22 +63,24 @@ def add_edit_options(parser: argparse.ArgumentParser) -> None:
     """The edit options that `python -m blend` and `python -m blend.batch` share (model, schedule, ranking, size)."""
     parser.add_argument("--model", default="sd-2.1-base",
                         help="sd-2.1-base (default, as the official script), sd-1.5, sd-2.1, sdxl-base-1.0 (1024 px, "
-                             "guidance 5; bfloat16 by default on a CPU with native bf16), a .safetensors file, "
+                             "guidance 5; bfloat16 by default on a CPU with native bf16), ldm-txt2img-f8-large (the "
+                             "paper's LDM: 256 px, guidance 5, 5.7 GB), a .safetensors file, "
                              "a diffusers folder, 'toy' (offline, exact toy model) or 'tiny' (random weights)")
     parser.add_argument("--allow-pickle", action="store_true",
                         help="read a .ckpt/.pt/.bin --model with torch.load(weights_only=True) instead of refusing it")
     parser.add_argument("--steps", type=int, default=50,
-                        help="DDIM steps S: 1 to 999 (1 to 1000 with --variant official, whose timestep offset is 0); "
-                             "default 50")
+                        help="DDIM steps S: 1 to 999 (1 to 1000 with --variant official, whose timestep offset is 0; "
+                             "1 to 500 for the LDM's uniform timesteps); default 50")
     parser.add_argument("--guidance", type=float, default=None,
-                        help="classifier-free guidance scale, any finite number (default: the model's, 7.5 for SD, 5 for SDXL, 1.0 for the toy)")
+                        help="classifier-free guidance scale, any finite number (default: the model's, 7.5 for SD, 5 for SDXL and the LDM, 1.0 for the toy)")
     parser.add_argument("--start", type=float, default=0.25,
                         help="fraction of the steps skipped, in [0, 1) with at least one step left to run "
                              "(default 0.25)")
     parser.add_argument("--samples", type=int, default=4, help="number of results, at least 1 (default 4)")
     parser.add_argument("--variant", choices=VARIANTS, default="paper",
                         help="Algorithm 1 as the paper intends it (paper), or an official script's loop (README: variants); "
-                             "official-sdxl is the SDXL script's (Euler steps; --model sdxl-base-1.0)")
+                             "official-sdxl is the SDXL script's (Euler steps; --model sdxl-base-1.0), official-ldm the "
+                             "paper's LDM script's (--model ldm-txt2img-f8-large)")
     parser.add_argument("--shrink", action="store_true", help="progressive mask shrinking (paper §4.3)")
     parser.add_argument("--reconstruction", choices=MODES, default="none", help="background reconstruction (§4.2)")
     parser.add_argument("--rank", nargs="?", const="ViT-B/16", default=None, metavar="CLIP",

@@ -6,7 +6,8 @@
 It runs Algorithm 1 end to end (see blend.algorithm for the lines it does not do itself):
   line 1  the pixel mask → the latent mask: nearest resize of the mask as given, then the 0.5 threshold
           (the official script's rule; the image itself is resized with Lanczos)
-  line 2  z_init = scale_factor · E(x).mean (the posterior mean, as the official SD2 script)
+  line 2  z_init = scale_factor · E(x).mean (the posterior mean, as the official SD2 script; a posterior
+          sample for the LDM, as the official LDM script: `source_latent`)
   3–8     blended_latent_diffusion, on num_samples copies of z_init
   line 9  x̂ = D(z_0 / scale_factor), then the optional background reconstruction of §4.2
 
@@ -103,7 +104,8 @@ def edit(image, mask, prompt: str, *, model="sd-2.1-base", steps: int = 50, guid
     m_pixel = torch.from_numpy(np.array(Image.fromarray(pixel_mask).resize(size_wh, Image.NEAREST)))
     m_pixel = threshold_mask(m_pixel[None, None]).to(device)
 
-    z_init = components.vae.encode(x.to(model_dtype)).mean * spec.scale_factor          # line 2
+    generator = torch.Generator(device=device).manual_seed(seed)
+    z_init = source_latent(components, x.to(model_dtype), generator)                   # line 2
     m_latent = resize_mask(torch.from_numpy(pixel_mask)[None, None], z_init.shape[-2:]).to(device)  # line 1
     if not m_latent.any():
         raise EditInputError(f"the mask covers no pixel of the {z_init.shape[-1]}x{z_init.shape[-2]} latent of "
@@ -113,11 +115,11 @@ def edit(image, mask, prompt: str, *, model="sd-2.1-base", steps: int = 50, guid
     else:
         cond, uncond = _encode_prompts(components, [prompt, ""], device)
     offset = 0 if variant == "official" else spec.steps_offset  # the official script's scheduler: offset 0
-    sampler = DDIMSampler(spec.build_schedule(), steps, prediction_type=spec.prediction_type, offset=offset)
+    sampler = DDIMSampler(spec.build_schedule(), steps, prediction_type=spec.prediction_type, offset=offset,
+                          spacing=getattr(spec, "timestep_spacing", "leading"))  # the LDM's: CompVis's uniform
     if variant == "official-sdxl":                               # the SDXL script's EulerDiscreteScheduler
         sampler = EulerSampler(spec.build_schedule(), steps, offset=spec.steps_offset,
                                prediction_type=spec.prediction_type)
-    generator = torch.Generator(device=device).manual_seed(seed)
     z = blended_latent_diffusion(components.unet, sampler, z_init.expand(num_samples, -1, -1, -1), m_latent,
                                  cond, uncond, guidance_scale=guidance_scale, start=start, generator=generator,
                                  variant=variant, shrink=shrink, callback=callback)      # lines 3–8
@@ -141,6 +143,17 @@ def edit(image, mask, prompt: str, *, model="sd-2.1-base", steps: int = 50, guid
         for result, sample, score in zip(results, order, scores):
             result.info.update(sample=sample, clip_distance=score)
     return results
+
+
+def source_latent(components, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Algorithm 1, line 2: z_init = s · E(x), the posterior mean (the official SD 2 script), or, where the
+    model's spec says "sample" (the official LDM script's `encoder_posterior.sample()`), a sample whose
+    noise is the generator's first draw, before the loop's."""
+    spec = components.spec
+    posterior = components.vae.encode(x)
+    if getattr(spec, "z_init", "mean") == "sample":
+        return posterior.sample(generator) * spec.scale_factor
+    return posterior.mean * spec.scale_factor
 
 
 def _encode_prompts(components, prompts: list, device) -> list:

@@ -80,9 +80,11 @@ def option_problem(*, steps=50, start=0.25, guidance_scale=None, num_samples=1, 
                 f"torch.Generator takes")
     offset = 0 if variant == "official" else _steps_offset(model)
     try:
-        ddim_timesteps(NUM_TRAIN_TIMESTEPS, steps, "leading", offset)
+        ddim_timesteps(NUM_TRAIN_TIMESTEPS, steps, _spec_value(model, "timestep_spacing", "leading"), offset)
     except ValueError as error:
         allowed = NUM_TRAIN_TIMESTEPS - (1 if offset else 0)
+        if _spec_value(model, "timestep_spacing", "leading") == "uniform":  # CompVis's: T // S must be at least 2
+            allowed = NUM_TRAIN_TIMESTEPS // 2
         official = "--variant official" if cli else "variant='official'"
         return (f"{named('steps', steps)}: expected 1 … {allowed} steps with timestep offset {offset} ({error})"
                 + (f"; {official} (offset 0) allows {NUM_TRAIN_TIMESTEPS}" if offset else ""))
@@ -155,10 +157,15 @@ def size_multiple_of(model) -> int:
 
 
 def _steps_offset(model) -> int:
+    return _spec_value(model, "steps_offset", PUBLISHED_STEPS_OFFSET)
+
+
+def _spec_value(model, name: str, default):
+    """A field of the model's spec (loaded components, or a model name), else `default` (a file: SD's)."""
     spec = getattr(model, "spec", None)
     if spec is None and isinstance(model, str) and model in MODEL_NAMES:
         spec = spec_of(model)
-    return getattr(spec, "steps_offset", PUBLISHED_STEPS_OFFSET)
+    return getattr(spec, name, default)
 
 
 def _is_known_model(model) -> bool:

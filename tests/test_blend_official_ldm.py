@@ -26,8 +26,12 @@ SEED, BATCH, STEPS, GUIDANCE = 1234, 2, 20, 5.0   # 20 steps: shrinking runs its
 CONTEXT = 32
 
 
-def official_ldm_run(unet, x0, masks, c, uc, *, ddim_steps, skip_steps, scale, eta=0.0, seed=SEED):
-    """The official DDIM editing loop on latent x0 (1, C, h, w), masks (n, 1, h, w) as read_mask returns them."""
+def official_ldm_run(unet, x0, masks, c, uc, *, ddim_steps, skip_steps, scale, eta=0.0, seed=SEED, posterior=None):
+    """The official DDIM editing loop on latent x0 (1, C, h, w), masks (n, 1, h, w) as read_mask returns them.
+
+    posterior=(mean, std, scale_factor): x0 is instead drawn as the official sampler does it, after the seed,
+    get_first_stage_encoding(encoder_posterior) = scale_factor · (mean + std · randn(mean.shape)).
+    """
     # ddpm.register_schedule with make_beta_schedule("linear", 1000, 0.00085, 0.012)
     betas = (torch.linspace(0.00085**0.5, 0.012**0.5, 1000, dtype=torch.float64) ** 2).numpy()
     alphas_cumprod = np.cumprod(1.0 - betas, axis=0)
@@ -52,6 +56,9 @@ def official_ldm_run(unet, x0, masks, c, uc, *, ddim_steps, skip_steps, scale, e
     ddim_sqrt_one_minus_alphas = np.sqrt(1.0 - ddim_alphas)
 
     torch.manual_seed(seed)
+    if posterior is not None:
+        mean, std, scale_factor = posterior
+        x0 = scale_factor * (mean + std * torch.randn(mean.shape))
     b = c.shape[0]
     timesteps = ddim_timesteps[:-skip_steps] if skip_steps != 0 else ddim_timesteps
     time_range = np.flip(timesteps)
@@ -113,7 +120,13 @@ def ours(setting, *, skip_steps=0, shrink=False, eta=0.0, callback=None):
                                         callback=callback)
 
 
-def official(setting, *, skip_steps=0, dilation_iterations=0, eta=0.0):
+def official(setting, *, skip_steps=0, dilation_iterations=0, eta=0.0, **explicit):
+    """The re-created official run on `setting`, or on the pieces given in `explicit` (unet, masks, c, uc, ...)."""
+    if setting is None:
+        with torch.random.fork_rng():
+            return official_ldm_run(explicit.pop("unet"), None, explicit.pop("masks"), explicit.pop("c"),
+                                    explicit.pop("uc"), ddim_steps=explicit.pop("steps"), skip_steps=skip_steps,
+                                    **explicit)
     unet, x0, mask, cond, uncond = setting
     masks = official_masks(mask, dilation_iterations) if dilation_iterations else mask[0][None]
     with torch.no_grad(), torch.random.fork_rng():
@@ -162,3 +175,56 @@ def test_official_ldm_loop_blends_before_each_step_and_not_after_the_last(settin
     assert torch.equal(records[-1].z, z) and torch.equal(records[-1].z_fg, z)
     _, x0, mask, _, _ = setting
     assert not torch.equal(z * (1 - mask), x0.expand_as(z) * (1 - mask))  # the background of z_0 is denoised
+
+
+def test_edit_with_the_ldm_and_official_ldm_runs_the_official_pipeline_from_a_posterior_sample(tmp_path):
+    """edit(): z_init drawn from the posterior with the seed's first draw, CompVis's uniform timesteps, guidance 5."""
+    from dataclasses import replace
+
+    from PIL import Image
+
+    import weights
+    from blend import edit
+    from blend.images import image_to_tensor
+    from ldm import AutoencoderConfig, BERTConfig
+    from weights import presets
+    from weights.fakes import random_weights
+
+    (tmp_path / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "stone"]) + "\n")
+    spec = replace(presets.get("ldm-txt2img-f8-large"),
+                   unet=UNetConfig(model_channels=32, channel_mult=(1, 2), num_res_blocks=1, attention_levels=(1,),
+                                   num_heads=2, context_dim=CONTEXT),
+                   vae=AutoencoderConfig(ch=32, ch_mult=(1, 1, 2, 2), num_res_blocks=1),
+                   text=BERTConfig(vocab_size=7, layers=1, width=CONTEXT, mlp_width=64), image_size=64)
+    networks = []
+    for part, build in (("unet", spec.build_unet), ("vae", spec.build_vae), ("text_encoder", spec.build_text_encoder)):
+        network = build().eval()
+        network.load_state_dict(random_weights(spec, part))
+        networks.append(network)
+    components = weights.Components(*networks, spec.build_tokenizer(tmp_path / "vocab.txt"), spec)
+    image = Image.fromarray((np.random.default_rng(0).random((64, 64, 3)) * 255).astype(np.uint8))
+    mask = np.zeros((64, 64), dtype=np.uint8)
+    mask[16:48, 24:40] = 255
+    records = []
+    edit(image, Image.fromarray(mask), "a stone", model=components, steps=10, start=0.2, num_samples=2, seed=SEED,
+         variant="official-ldm", device="cpu", callback=records.append)
+    assert [r.t for r in records] == list(range(701, 0, -100))
+
+    unet, vae, text_encoder, tokenizer, _ = networks + [components.tokenizer, spec]
+    with torch.no_grad():
+        posterior = vae.encode(image_to_tensor(image))
+        c, uc = (text_encoder(tokenizer([p])).expand(2, -1, -1) for p in ("a stone", ""))
+        latent_mask = torch.from_numpy(mask[4::8, 4::8] / 255).float()[None, None]
+        expected = official(None, unet=unet, masks=latent_mask[0][None], c=c, uc=uc, steps=10, skip_steps=2,
+                            scale=5.0, posterior=(posterior.mean, posterior.std, spec.scale_factor))
+    difference = _report("edit() end to end (posterior sample, 10 steps)", records[-1].z, expected)
+    assert difference == 0 and torch.equal(records[-1].z, expected)
+
+
+def test_ldm_steps_are_checked_against_compvis_uniform_timesteps_before_loading():
+    from blend.options import option_problem
+
+    assert option_problem(steps=500, model="ldm-txt2img-f8-large") is None
+    problem = option_problem(steps=501, model="ldm-txt2img-f8-large")
+    assert problem and "1 … 500" in problem
+    assert option_problem(steps=999, model="sd-1.5") is None
