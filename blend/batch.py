@@ -43,7 +43,6 @@ could not be loaded; 2 the options or the manifest refused, each problem with it
 before any work; 130 interrupted (Ctrl-C, or SIGTERM from torchrun), with nothing half-written.
 """
 import argparse
-import fcntl
 import json
 import os
 import re
@@ -57,6 +56,11 @@ from datetime import timedelta
 from pathlib import Path
 
 import torch
+
+try:
+    import fcntl  # POSIX: failures.jsonl is appended under a lock
+except ImportError:  # Windows: one write per line, unlocked
+    fcntl = None
 
 from .cli import (
     DTYPES,
@@ -326,7 +330,8 @@ class ItemFolder(ResultFolder):
 def record_failure(path: Path, item_id: str, error: str) -> None:
     """Append {"id", "error"} to failures.jsonl, one whole line under a lock (several processes append)."""
     with open(path, "a", encoding="utf-8") as failures:
-        fcntl.flock(failures, fcntl.LOCK_EX)
+        if fcntl is not None:
+            fcntl.flock(failures, fcntl.LOCK_EX)
         failures.write(json.dumps({"id": item_id, "error": error}) + "\n")
         failures.flush()
 
