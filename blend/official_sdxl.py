@@ -11,7 +11,7 @@ The script runs diffusers' EulerDiscreteScheduler, whose latents have the form x
         x    = x ⊙ m + x_bg ⊙ (1 − m)
 
 so the background is noised one level above the latent it joins (as in the official SD 2 loop), and
-the last blend leaves the background at σ_1 ≈ 0.029 rather than at z_init. `cond` and `uncond` are
+the last blend leaves the background at σ_1 ≈ 0.041 rather than at z_init. `cond` and `uncond` are
 SDXL's (context, y) tuples (the script's zero negative prompt: all zeros, same time ids).
 """
 import torch
