@@ -184,3 +184,31 @@ def test_ldm_corrupt_model_ckpt_names_the_file(offline_cache, small_preset):
 def test_ldm_preset_with_neither_source_cached_offline_names_both_repositories(offline_cache, small_preset):
     with pytest.raises(weights.errors.OfflineError, match=f"{MIRROR}.*{PORT}"):
         weights.load(NAME)
+
+
+# ----------------------------------------------------------------------------- the UNet at context 1280
+@pytest.mark.slow
+@pytest.mark.reference
+def test_ldm_unet_parity_context_1280_fp32_against_diffusers_through_its_ldm_converter():
+    """The preset's UNet (SD 1 layout, context 1280) against diffusers' UNet2DConditionModel holding the
+    same random weights, moved by diffusers' own `convert_ldm_unet_checkpoint` (tests/golden/fixtures_ldm.py)."""
+    import gc
+
+    from golden.fixtures_ldm import random_model, reference_unet
+    from ldm import UNetModel
+
+    config = presets.get(NAME).unet
+    ours = random_model(UNetModel, config, seed=11)
+    reference = reference_unet(ours)                      # shares our tensors: one copy of the weights
+    generator = torch.Generator().manual_seed(0)
+    z = torch.randn(2, 4, 32, 32, generator=generator)    # the LDM's 32×32 latents of 256² images
+    context = torch.randn(2, 77, 1280, generator=generator)
+    timesteps = torch.tensor([981, 1])
+    with torch.no_grad():
+        expected = reference(z, timesteps, encoder_hidden_states=context).sample
+        del reference
+        gc.collect()
+        actual = ours(z, timesteps, context)
+    relative = ((actual.double() - expected.double()).abs().max() / expected.double().abs().max()).item()
+    print(f"LDM UNet (context 1280) vs diffusers, full size fp32: max relative error {relative:.3g}")
+    assert relative < 1e-5
