@@ -350,3 +350,24 @@ def test_a_ninth_waiting_job_is_refused_with_503(server, monkeypatch):
     statuses = [post_edit(server, **fields)[0] for _ in range(9)]  # the first is held at the gate: 8 may wait
     gate.set()
     assert statuses == [202] * 8 + [503]
+
+
+def test_previews_decode_x0_through_the_autoencoder_of_the_tiny_sd_model(tmp_path):
+    """The SD path (tiny: random weights, a real AutoencoderKL): x̂0 = D(x0_fg / s) at the working size, step 1 shown."""
+    server = EditServer(load_model("tiny"), "tiny", tmp_path / "out", port=0, quiet=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        photo, mask = photo_and_mask()
+        status, answer = post_edit(server, image=png(photo), mask=png(mask), prompt="a cat", steps=8, samples=1,
+                                   size=64)
+        assert status == 202, answer
+        job = wait_for(server, answer["job"])
+        assert job["state"] == "done", job
+        assert job["previews"][0].endswith("/preview_001.png")
+        assert fetch_image(server, job["previews"][0]).shape == (48, 64, 3)   # the 64x48 working image
+        assert fetch_image(server, job["results"][0]).shape == (96, 128, 3)   # the photograph's size
+    finally:
+        server.shutdown()
+        server.close()
+        thread.join(10)
