@@ -67,9 +67,11 @@ def official_ldm_loop(unet: Denoiser, sampler: DDIMSampler, z_init: torch.Tensor
     """
     if sampler.prediction_type != "epsilon":
         raise ValueError("the official LDM loop is written for an ε-predicting network (CompVis's LDM)")
+    if not isinstance(shrink, bool):
+        raise TypeError(f"shrink is True or False, got {shrink!r}; give an explicit schedule as kernel_sizes")
     schedule = sampler.schedule
     timesteps = [int(t) for t in sampler.timesteps[int(len(sampler.timesteps) * start):]]
-    if kernel_sizes is None and shrink is True:
+    if kernel_sizes is None and shrink:
         kernel_sizes = official_shrink_kernels(len(timesteps))
     masks = masks_for_steps(mask.to(z_init.dtype), step_kernel_sizes(False, kernel_sizes, len(timesteps)))
     batch, *latent_shape = z_init.shape

@@ -177,20 +177,16 @@ def test_official_ldm_loop_blends_before_each_step_and_not_after_the_last(settin
     assert not torch.equal(z * (1 - mask), x0.expand_as(z) * (1 - mask))  # the background of z_0 is denoised
 
 
-def test_edit_with_the_ldm_and_official_ldm_runs_the_official_pipeline_from_a_posterior_sample(tmp_path):
-    """edit(): z_init drawn from the posterior with the seed's first draw, CompVis's uniform timesteps, guidance 5."""
+def small_ldm_components(folder):
+    """The LDM preset's kinds of networks, small, with random weights, and a WordPiece vocabulary in `folder`."""
     from dataclasses import replace
 
-    from PIL import Image
-
     import weights
-    from blend import edit
-    from blend.images import image_to_tensor
     from ldm import AutoencoderConfig, BERTConfig
     from weights import presets
     from weights.fakes import random_weights
 
-    (tmp_path / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "stone"]) + "\n")
+    (folder / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "stone"]) + "\n")
     spec = replace(presets.get("ldm-txt2img-f8-large"),
                    unet=UNetConfig(model_channels=32, channel_mult=(1, 2), num_res_blocks=1, attention_levels=(1,),
                                    num_heads=2, context_dim=CONTEXT),
@@ -201,7 +197,18 @@ def test_edit_with_the_ldm_and_official_ldm_runs_the_official_pipeline_from_a_po
         network = build().eval()
         network.load_state_dict(random_weights(spec, part))
         networks.append(network)
-    components = weights.Components(*networks, spec.build_tokenizer(tmp_path / "vocab.txt"), spec)
+    return weights.Components(*networks, spec.build_tokenizer(folder / "vocab.txt"), spec)
+
+
+def test_edit_with_the_ldm_and_official_ldm_runs_the_official_pipeline_from_a_posterior_sample(tmp_path):
+    """edit(): z_init drawn from the posterior with the seed's first draw, CompVis's uniform timesteps, guidance 5."""
+    from PIL import Image
+
+    from blend import edit
+    from blend.images import image_to_tensor
+
+    components = small_ldm_components(tmp_path)
+    spec, networks = components.spec, [components.unet, components.vae, components.text_encoder]
     image = Image.fromarray((np.random.default_rng(0).random((64, 64, 3)) * 255).astype(np.uint8))
     mask = np.zeros((64, 64), dtype=np.uint8)
     mask[16:48, 24:40] = 255
@@ -228,3 +235,18 @@ def test_ldm_steps_are_checked_against_compvis_uniform_timesteps_before_loading(
     problem = option_problem(steps=501, model="ldm-txt2img-f8-large")
     assert problem and "1 … 500" in problem
     assert option_problem(steps=999, model="sd-1.5") is None
+
+
+def test_edit_with_the_ldm_runs_the_paper_variant_on_compvis_uniform_timesteps(tmp_path):
+    from PIL import Image
+
+    from blend import edit
+
+    records = []
+    image = Image.fromarray((np.random.default_rng(1).random((64, 64, 3)) * 255).astype(np.uint8))
+    mask = np.zeros((64, 64), dtype=np.uint8)
+    mask[8:40, 8:40] = 255
+    results = edit(image, Image.fromarray(mask), "a stone", model=small_ldm_components(tmp_path), steps=8,
+                   num_samples=1, variant="paper", device="cpu", callback=records.append)
+    assert [r.t for r in records] == [626, 501, 376, 251, 126, 1]   # 8 uniform steps (876 … 1), int(8 · 0.25) = 2 skipped
+    assert records[-1].t_prev < 0 and len(results) == 1 and results[0].size == (64, 64)
