@@ -371,3 +371,16 @@ def test_previews_decode_x0_through_the_autoencoder_of_the_tiny_sd_model(tmp_pat
         server.shutdown()
         server.close()
         thread.join(10)
+
+
+def test_python_m_blend_app_warns_off_loopback_and_refuses_an_unknown_model_before_loading(tmp_path):
+    from blend.app.server import is_loopback
+    assert all(map(is_loopback, ("127.0.0.1", "127.1.2.3", "::1", "[::1]", "localhost")))
+    assert not any(map(is_loopback, ("0.0.0.0", "192.168.1.2", "::", "example.com")))
+    done = subprocess.run([sys.executable, "-m", "blend.app", "--model", "no-such-model", "--host", "0.0.0.0"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=WAIT_S,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    lines = done.stderr.splitlines()
+    assert done.returncode == 2, done.stderr
+    assert lines[0].startswith("warning: listening on 0.0.0.0, not a loopback address")
+    assert lines[1].startswith("error: --model no-such-model: neither a model name") and len(lines) == 2

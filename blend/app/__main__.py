@@ -13,7 +13,7 @@ import torch
 
 from ..cli import DTYPES, cannot_load_message
 from ..editor import load_model
-from ..options import device_problem
+from ..options import option_problem
 from .server import EditServer, is_loopback
 
 
@@ -41,14 +41,14 @@ def main(argv=None) -> int:
 
 
 def serve(args: argparse.Namespace) -> int:
-    problem = device_problem(args.device, instead="--device cpu")
-    if problem:
-        print(f"error: --device {args.device}: {problem}", file=sys.stderr)
-        return 2
     if not is_loopback(args.host):
         print(f"warning: listening on {args.host}, not a loopback address: anyone who can reach this machine on "
               f"port {args.port} can run edits and read every result. Use --host 127.0.0.1 to keep it local.",
               file=sys.stderr)
+    problem = option_problem(model=args.model, device=args.device, cli=True)  # the CLI's checks and words
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     print(f"loading {args.model} on {device} …", file=sys.stderr)
     try:
