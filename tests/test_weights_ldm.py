@@ -182,8 +182,10 @@ def test_ldm_corrupt_model_ckpt_names_the_file(offline_cache, small_preset):
 
 
 def test_ldm_preset_with_neither_source_cached_offline_names_both_repositories(offline_cache, small_preset):
-    with pytest.raises(weights.errors.OfflineError, match=f"{MIRROR}.*{PORT}"):
+    with pytest.raises(weights.errors.OfflineError, match=f"{MIRROR}.*{PORT}") as error:
         weights.load(NAME)
+    assert f"hf download {MIRROR} model.ckpt" in str(error.value) and f"{PORT} tokenizer/vocab.txt" in str(error.value)
+    assert "allow_pickle=True" in str(error.value)
 
 
 # ----------------------------------------------------------------------------- the UNet at context 1280

@@ -29,6 +29,7 @@ TEXT_PREFIX = "cond_stage_model.transformer."
 PROBE = TEXT_PREFIX + "token_emb.weight"        # only this model's single files have it
 PORT_WEIGHTS = {"unet": "unet/diffusion_pytorch_model", "vae": "vqvae/diffusion_pytorch_model",
                 "text_encoder": "bert/pytorch_model"}
+PORT_REPO = "CompVis/ldm-text2im-large-256"
 PORT_FILES = ("unet/config.json", "vqvae/config.json", "bert/config.json", "tokenizer/vocab.txt")
 
 
@@ -130,10 +131,13 @@ def _from_sources(spec, wanted: dict) -> tuple[str, Path]:
             except Unusable as failure:
                 answers[repo].append(failure)
     tried = "; ".join(f"{repo}: {'; '.join(f.answer for f in failures)}" for repo, failures in answers.items())
-    first = next(iter(wanted))
+    vocab_repo, vocab_file = spec.vocab_source
+    fetch = " and ".join(f"`hf download {repo} {' '.join(files)}`"
+                         for repo, files in [next(iter(wanted.items())), (vocab_repo, [vocab_file])])
     message = (f"could not get the files of {spec.name!r} - {tried}. On a machine with network, run "
-               f"`hf download {first} {' '.join(wanted[first])}`, or download them into a folder with "
-               f"`--local-dir DIR` and load that.")
+               f"weights.load({spec.name!r}) (or {fetch}) and copy the Hugging Face cache (HF_HOME) here; or "
+               f"download the diffusers port with `hf download {PORT_REPO} --local-dir DIR` and load DIR with "
+               f"allow_pickle=True (python -m blend: --allow-pickle).")
     offline = constants.HF_HUB_OFFLINE or any(f[-1].kind not in ("gone", "incomplete") for f in answers.values())
     attempts = [(repo, "; ".join(f.answer for f in failures)) for repo, failures in answers.items()]
     raise (OfflineError if offline else SourcesUnavailableError)(message, attempts)
