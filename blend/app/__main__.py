@@ -11,7 +11,9 @@ from pathlib import Path
 
 import torch
 
-from ..cli import DTYPES, cannot_load_message
+from weights.pickle_checkpoint import is_pickle_checkpoint
+
+from ..cli import DTYPES, cannot_load_message, pickle_refusal_message
 from ..editor import load_model
 from ..options import option_problem
 from .server import EditServer, is_loopback
@@ -29,6 +31,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--out", default="outputs/app", help="where each job's folder is written (outputs/app)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N, mps or xpu (default: cuda when available)")
     parser.add_argument("--dtype", choices=tuple(DTYPES), default=None, help="weights' dtype (default: the loader's)")
+    parser.add_argument("--allow-pickle", action="store_true",
+                        help="read a .ckpt/.pt/.bin --model with torch.load(weights_only=True) instead of refusing it")
     return parser.parse_args(argv)
 
 
@@ -46,13 +50,16 @@ def serve(args: argparse.Namespace) -> int:
               f"port {args.port} can run edits and read every result. Use --host 127.0.0.1 to keep it local.",
               file=sys.stderr)
     problem = option_problem(model=args.model, device=args.device, cli=True)  # the CLI's checks and words
+    if problem is None and not args.allow_pickle and is_pickle_checkpoint(Path(args.model).expanduser()):
+        problem = pickle_refusal_message(args.model, Path(args.model).expanduser())
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         return 2
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     print(f"loading {args.model} on {device} …", file=sys.stderr)
     try:
-        components = load_model(args.model, dtype=DTYPES.get(args.dtype), device=device)
+        components = load_model(args.model, dtype=DTYPES.get(args.dtype), device=device,
+                                allow_pickle=args.allow_pickle)
     except Exception as error:
         print(cannot_load_message(args.model, error), file=sys.stderr)
         return 1
