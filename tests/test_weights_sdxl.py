@@ -99,3 +99,92 @@ def test_sdxl_preset_offline_with_an_empty_cache_names_the_file_and_the_command(
     message = str(failure.value)
     assert "stabilityai/stable-diffusion-xl-base-1.0" in message
     assert "hf download stabilityai/stable-diffusion-xl-base-1.0 sd_xl_base_1.0.safetensors" in message
+
+
+# ----------------------------------------------------------------------------- diffusers folders
+def sdxl_folder_files(spec=SMALL) -> tuple[dict, dict]:
+    """({relative path: bytes or tensors} of a StableDiffusionXLPipeline folder of `spec`, as published:
+    both towers complete (text_encoder 12 blocks, text_encoder_2 a CLIPTextModelWithProjection), the
+    tokenizer_2 padding with "!"; {part: our state dict} the weights came from)."""
+    import json
+
+    from test_clip_text_sdxl import open_clip_to_transformers
+    from weights import diffusers_keys as keys
+    ours = {}
+    for part, build in {"unet": spec.build_unet, "vae": spec.build_vae, "text_encoder": spec.build_text_encoder,
+                        "text_encoder_2": spec.build_text_encoder_2}.items():
+        with torch.device("meta"):
+            shapes = {k: v.shape for k, v in build().state_dict().items()}
+        ours[part] = {k: random_tensor(k, s, seed=len(part)) for k, s in shapes.items()}
+    channels = [spec.unet.model_channels * m for m in spec.unet.channel_mult]
+    unet = dict(fakes.unet_config(spec), _diffusers_version="0.19.0.dev0", addition_embed_type="text_time",
+                addition_embed_type_num_heads=64, addition_time_embed_dim=256, num_attention_heads=None,
+                projection_class_embeddings_input_dim=spec.unet.adm_in_channels, sample_size=128,
+                attention_head_dim=[c // spec.unet.head_dim for c in channels], upcast_attention=None,
+                transformer_layers_per_block=[1, *spec.unet.transformer_depth[1:]])
+    text_2 = dict(fakes.text_config(spec), architectures=["CLIPTextModelWithProjection"], hidden_act="gelu",
+                  hidden_size=spec.text_2.width, intermediate_size=4 * spec.text_2.width,
+                  num_attention_heads=spec.text_2.heads, num_hidden_layers=spec.text_2.layers,
+                  projection_dim=spec.text_2.projection_dim, pad_token_id=1, bos_token_id=0, eos_token_id=2)
+    configs = {
+        "model_index.json": {"_class_name": "StableDiffusionXLPipeline", "force_zeros_for_empty_prompt": True,
+                             "text_encoder_2": ["transformers", "CLIPTextModelWithProjection"],
+                             "tokenizer_2": ["transformers", "CLIPTokenizer"]},
+        "scheduler/scheduler_config.json": {"_class_name": "EulerDiscreteScheduler", "beta_end": 0.012,
+                                            "beta_schedule": "scaled_linear", "beta_start": 0.00085,
+                                            "interpolation_type": "linear", "num_train_timesteps": 1000,
+                                            "prediction_type": "epsilon", "sample_max_value": 1.0,
+                                            "steps_offset": 1, "timestep_spacing": "leading",
+                                            "trained_betas": None, "use_karras_sigmas": False},
+        "unet/config.json": unet,
+        "vae/config.json": dict(fakes.vae_config(spec), scaling_factor=0.13025, force_upcast=True),
+        "text_encoder/config.json": dict(fakes.text_config(spec), num_hidden_layers=spec.text.layers),
+        "text_encoder_2/config.json": text_2}
+    files = {path: json.dumps(value, indent=2).encode() for path, value in configs.items()}
+    files.update(fakes.tokenizer_files("sd1"))
+    files.update({path.replace("tokenizer/", "tokenizer_2/"): content
+                  for path, content in fakes.tokenizer_files("sd2").items()})
+    transformers_2 = open_clip_to_transformers(ours["text_encoder_2"])
+    files.update({
+        "unet/diffusion_pytorch_model.safetensors": keys.unet_to_diffusers(ours["unet"], spec.unet),
+        "vae/diffusion_pytorch_model.safetensors": keys.vae_to_diffusers(ours["vae"], spec.vae),
+        "text_encoder/model.safetensors": dict(ours["text_encoder"]),
+        "text_encoder_2/model.safetensors": {k if k.startswith("text_projection") else "text_model." + k: v
+                                             for k, v in transformers_2.items()}})
+    return files, ours
+
+
+def write_files(folder, files: dict):
+    for name, content in files.items():
+        path = folder / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(content, bytes):
+            path.write_bytes(content)
+        else:
+            save_file({k: v.contiguous() for k, v in content.items()}, str(path))
+    return folder
+
+
+def test_sdxl_diffusers_folder_loads_both_towers_and_tokenizers(tmp_path):
+    files, ours = sdxl_folder_files()
+    loaded = weights.load(write_files(tmp_path / "sdxl", files))
+    spec = loaded.spec
+    assert spec.unet == SMALL.unet and spec.text == SMALL.text and spec.text_2 == SMALL.text_2
+    assert (spec.scale_factor, spec.image_size, spec.guidance_scale) == (0.13025, 1024, 5.0)
+    assert loaded.tokenizer.pad_id == 49407 and loaded.tokenizer_2.pad_id == 0
+    for part in ("unet", "vae", "text_encoder", "text_encoder_2"):
+        state = getattr(loaded, part).state_dict()
+        for key, value in ours[part].items():
+            if key == "logit_scale":                       # no counterpart in transformers: NaN, never used
+                assert torch.isnan(state[key]).all()
+                continue
+            assert torch.equal(state[key].reshape(value.shape), value), (part, key)
+
+
+def test_sdxl_folder_whose_unet_does_not_attend_to_both_towers_is_refused(tmp_path):
+    import json
+    files, _ = sdxl_folder_files()
+    config = json.loads(files["unet/config.json"])
+    files["unet/config.json"] = json.dumps(dict(config, cross_attention_dim=16)).encode()
+    with pytest.raises(UnsupportedModelError, match="attends to both towers"):
+        weights.load(write_files(tmp_path / "sdxl", files))

@@ -112,7 +112,33 @@ def tokenizer_style(folder: Path) -> str:
 
 
 def read_spec(folder: Path, name: str) -> ModelSpec:
-    """The ModelSpec described by the folder's config files.
+    """The ModelSpec described by the folder's config files (an SDXL folder's: `read_sdxl_spec`)."""
+    if (folder / "text_encoder_2").is_dir():
+        return read_sdxl_spec(folder, name)
+    return read_one_tower_spec(folder, name)
+
+
+def read_sdxl_spec(folder: Path, name: str) -> ModelSpec:
+    """An SDXL folder's spec (StableDiffusionXLPipeline: text_encoder_2/ and tokenizer_2/ beside the rest).
+
+    Both towers are complete in the folder (12 and 32 blocks); SDXL's pipelines read their penultimate
+    hidden states without the final norm, which the configs do not say, so the spec does."""
+    spec = read_one_tower_spec(folder, name)
+    file = folder / "text_encoder_2" / "config.json"
+    text = replace(spec.text, skip_last_layers=1, context_final_norm=False)
+    text_2 = replace(keys.text_2_config_from_transformers(read_json(file), file), skip_last_layers=1,
+                     context_final_norm=False)
+    if spec.unet.context_dim != text.width + text_2.width or \
+            spec.unet.adm_in_channels != text_2.resolved_projection_dim + 6 * spec.time_embedding_dim:
+        raise UnsupportedModelError(
+            f"{folder / 'unet' / 'config.json'}: cross_attention_dim={spec.unet.context_dim}, "
+            f"projection_class_embeddings_input_dim={spec.unet.adm_in_channels}; SDXL's UNet attends to both towers "
+            f"({text.width} + {text_2.width}) and takes y = [pooled text ({text_2.resolved_projection_dim}) | 6 × 256]")
+    return replace(spec, text=text, text_2=text_2, guidance_scale=5.0)
+
+
+def read_one_tower_spec(folder: Path, name: str) -> ModelSpec:
+    """The ModelSpec of unet/, vae/, text_encoder/ and scheduler/.
 
     The default image size is diffusers' own: the UNet's `sample_size` (latent side) times the
     VAE's downsampling factor 2^(levels - 1); the VAE's `scaling_factor` is the scale factor.
@@ -150,7 +176,7 @@ def check_components_fit(files: dict, unet, vae, text) -> None:
             f"{files['unet']}: in_channels={unet.in_channels}, out_channels={unet.out_channels}, but {files['vae']} "
             f"has latent_channels={vae.z_channels}; supported: a text-to-image UNet whose in_channels and "
             f"out_channels equal the VAE's latent_channels (an inpainting UNet adds mask channels)")
-    if unet.context_dim != text.width:
+    if unet.context_dim != text.width and unet.adm_in_channels is None:   # SDXL's: read_sdxl_spec checks it
         raise UnsupportedModelError(
             f"{files['unet']}: cross_attention_dim={unet.context_dim}, but {files['text_encoder']} has "
             f"hidden_size={text.width}; supported: a UNet that attends to its own text tower's width")
@@ -167,7 +193,8 @@ def load_folder(folder: Path, *, dtype: torch.dtype, device: torch.device, predi
         if preset.prediction_type != spec.prediction_type:
             warnings.warn(f"{folder}: the scheduler config says {spec.prediction_type!r} but preset {preset.name!r} "
                           f"says {preset.prediction_type!r}; using the preset's", stacklevel=3)
-        spec = replace(preset, unet=spec.unet, vae=spec.vae, text=spec.text, notes=f"Hub snapshot {folder}")
+        spec = replace(preset, unet=spec.unet, vae=spec.vae, text=spec.text, text_2=spec.text_2,
+                       notes=f"Hub snapshot {folder}")
     if prediction_type is not None:
         spec = replace(spec, prediction_type=prediction_type)
 
@@ -189,7 +216,17 @@ def load_folder(folder: Path, *, dtype: torch.dtype, device: torch.device, predi
             tensors.update(_absent_from_transformers(module, tensors))
         modules[part] = assign_weights(module, tensors, file=file, part=part, dtype=dtype, device=device)
 
-    return modules["unet"], modules["vae"], modules["text_encoder"], tokenizer, spec
+    if spec.text_2 is None:
+        return modules["unet"], modules["vae"], modules["text_encoder"], tokenizer, spec
+    files = weight_files(folder / "text_encoder_2", COMPONENTS["text_encoder"], fp16, allow_pickle)
+    tensors = {k: v for k, v in read_tensors(files).items() if k not in NON_WEIGHTS["text_encoder"]}
+    module = build_empty(spec.build_text_encoder_2)
+    tensors = keys.text_from_transformers(tensors, spec.text_2)
+    tensors.update(_absent_from_transformers(module, tensors))          # logit_scale: no counterpart
+    file = files[0] if len(files) == 1 else f"{folder / 'text_encoder_2'} ({len(files)} shards)"
+    text_encoder_2 = assign_weights(module, tensors, file=file, part="text_encoder_2", dtype=dtype, device=device)
+    return (modules["unet"], modules["vae"], modules["text_encoder"], tokenizer, spec, text_encoder_2,
+            read_tokenizer(folder / "tokenizer_2"))
 
 
 def read_tokenizer(folder: Path) -> Tokenizer:

@@ -70,6 +70,8 @@ def unet_table(config: UNetConfig) -> list[tuple[str, str, dict]]:
         if level > 0:
             index = 2 if level in config.attention_levels else 1
             rows.append((f"up_blocks.{up}.upsamplers.0.conv", f"output_blocks.{up * (n + 1) + n}.{index}.conv", {}))
+    if config.adm_in_channels is not None:           # SDXL: diffusers' add_embedding is sgm's label_emb.0
+        rows += [("add_embedding.linear_1", "label_emb.0.0", {}), ("add_embedding.linear_2", "label_emb.0.2", {})]
     return rows
 
 
@@ -174,7 +176,13 @@ def vae_from_diffusers(tensors: dict, config: AutoencoderConfig) -> dict:
 
 
 def text_from_transformers(tensors: dict, config: TextConfig) -> dict:
-    """A transformers CLIPTextModel state dict -> our TextEncoder's (either layout)."""
+    """A transformers CLIPTextModel state dict -> our TextEncoder's (either layout).
+
+    CLIPTextModelWithProjection (SDXL's bigG) adds `text_projection.weight` W, used as x Wᵀ:
+    open_clip's `text_projection` P, used as x P, is Wᵀ.
+    """
+    tensors = dict(tensors)
+    projection = tensors.pop("text_projection.weight", None) if config.layout == "sd2" else None
     # transformers 5 writes `embeddings.*` without the `text_model.` prefix; the published folders have it.
     tensors = {k if k.startswith("text_model.") else "text_model." + k: v for k, v in tensors.items()}
     if config.layout == "sd1":
@@ -192,6 +200,8 @@ def text_from_transformers(tensors: dict, config: TextConfig) -> dict:
         if any(p is None for p in pieces):
             raise UnsupportedModelError(f"text encoder layer {layer}: q_proj/k_proj/v_proj.{kind} is incomplete")
         out[f"transformer.resblocks.{layer}.attn.in_proj_{kind}"] = torch.cat(pieces)   # rows [q; k; v]
+    if projection is not None:
+        out["text_projection"] = projection.T
     return out
 
 
@@ -299,9 +309,37 @@ def _uniform(value, levels: int, name: str, file):
     return value
 
 
+def _text_time_embedding(config: dict, file) -> tuple[dict, int | None]:
+    """SDXL's vector conditioning (`addition_embed_type="text_time"`): the config without its three keys,
+    and the input width of the embedding (`projection_class_embeddings_input_dim`, our adm_in_channels)."""
+    if config.get("addition_embed_type") != "text_time":
+        return config, None
+    if config.get("addition_time_embed_dim") != 256:
+        _refuse(file, "addition_time_embed_dim", config.get("addition_time_embed_dim"), "256 (SDXL's time ids)")
+    rest = {k: v for k, v in config.items() if k not in ("addition_embed_type", "addition_time_embed_dim",
+                                                          "projection_class_embeddings_input_dim")}
+    return rest, config["projection_class_embeddings_input_dim"]
+
+
+def _depths(value, attention_levels: tuple, levels: int, file) -> tuple:
+    """`transformer_layers_per_block`, one int (SD) or one per level (SDXL: [1, 2, 10], level 0 without
+    attention) -> (transformer_depth, transformer_depth_middle): one int, or a tuple with 0 at the levels
+    without attention; the middle block has the last level's value, as diffusers' mid block (None when
+    that is our default, the deepest level's depth)."""
+    if not isinstance(value, (list, tuple)):
+        return value, None
+    if len(value) != levels:
+        _refuse(file, "transformer_layers_per_block", value, f"one value per level ({levels})")
+    used = {value[level] for level in attention_levels}
+    depth = used.pop() if len(used) == 1 else tuple(value[l] if l in attention_levels else 0 for l in range(levels))
+    default_middle = depth if isinstance(depth, int) else depth[-1]
+    return depth, (None if value[-1] == default_middle else value[-1])
+
+
 def unet_config_from_diffusers(config: dict, file) -> UNetConfig:
     """diffusers' unet/config.json -> UNetConfig."""
     _check_class(config, "unet", file)
+    config, adm_in_channels = _text_time_embedding(config, file)
     _check_fixed(config, _UNET_FIXED, file)
     channels = list(config["block_out_channels"])
     down, up = list(config["down_block_types"]), list(config["up_block_types"])
@@ -330,14 +368,14 @@ def unet_config_from_diffusers(config: dict, file) -> UNetConfig:
     else:
         _refuse(file, "attention_head_dim", heads, "one head count for every level, or one head width "
                 "(channels / heads) for every level, dividing the channels of each attention level")
+    depth, depth_middle = _depths(config.get("transformer_layers_per_block", 1), attention_levels, len(channels), file)
     return UNetConfig(
         in_channels=config.get("in_channels", 4), out_channels=config.get("out_channels", 4),
         model_channels=channels[0], channel_mult=tuple(c // channels[0] for c in channels),
         num_res_blocks=_uniform(config.get("layers_per_block", 2), len(channels), "layers_per_block", file),
         attention_levels=attention_levels, num_heads=num_heads, head_dim=head_dim,
         context_dim=_uniform(config.get("cross_attention_dim", 1280), len(channels), "cross_attention_dim", file),
-        transformer_depth=_uniform(config.get("transformer_layers_per_block", 1), len(channels),
-                                   "transformer_layers_per_block", file),
+        transformer_depth=depth, transformer_depth_middle=depth_middle, adm_in_channels=adm_in_channels,
         use_linear_proj=bool(config.get("use_linear_projection", False)),
         norm_groups=groups, upcast_attention=bool(config.get("upcast_attention", False)))
 
@@ -358,6 +396,16 @@ def vae_config_from_diffusers(config: dict, file) -> AutoencoderConfig:
         in_channels=config.get("in_channels", 3), out_channels=config.get("out_channels", 3), ch=channels[0],
         ch_mult=tuple(c // channels[0] for c in channels), num_res_blocks=config.get("layers_per_block", 2),
         z_channels=config.get("latent_channels", 4), embed_dim=config.get("latent_channels", 4), norm_groups=groups)
+
+
+def text_2_config_from_transformers(config: dict, file) -> TextConfig:
+    """SDXL's text_encoder_2/config.json (CLIPTextModelWithProjection, OpenCLIP bigG) -> TextConfig with its projection."""
+    from dataclasses import replace
+    architectures = config.get("architectures", ["CLIPTextModelWithProjection"])
+    if architectures != ["CLIPTextModelWithProjection"]:
+        _refuse(file, "architectures", architectures, "['CLIPTextModelWithProjection'] (SDXL's text_encoder_2)")
+    tower = text_config_from_transformers({**config, "architectures": ["CLIPTextModel"]}, file)
+    return replace(tower, projection_dim=config.get("projection_dim", tower.width))
 
 
 def text_config_from_transformers(config: dict, file) -> TextConfig:
