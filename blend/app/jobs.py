@@ -91,9 +91,10 @@ class PreviewSchedule:
     After each step it adds the step's time (since the end of the previous callback) to the steps'
     total, and allows a preview when the previews' total so far plus the last preview's cost stays
     within fraction × the steps' total. With a decode that costs c steps, that is one preview every
-    k ≈ c / fraction = 10·c steps (SD on a GPU: a 512-px decode costs about one step, so k ≈ 10; on a
-    CPU, where it costs about two, k ≈ 20). The first step is always previewed, which measures c. A
-    preview that takes under `cheap` seconds (the toy's identity decoder) is taken at every step.
+    k ≈ c / fraction = 10·c steps (SD 1.5 on the 2-core CPU of benchmarks/README.md: a 512-px decode,
+    20.8 s, costs c ≈ 2 guided steps of one sample, 10.7 s each, so k ≈ 20; with four samples c ≈ 0.5,
+    k ≈ 5). The first step is always previewed, which measures c. A preview that takes under `cheap`
+    seconds (the toy's identity decoder) is taken at every step.
     """
 
     def __init__(self, fraction: float = PREVIEW_FRACTION, cheap: float = CHEAP_PREVIEW_S):

@@ -88,6 +88,12 @@ for (const type of ["pointerup", "pointercancel"]) {
   maskCanvas.addEventListener(type, () => { drawing = null; });
 }
 $("undo").addEventListener("click", () => { if (undoStack.length) ctx.putImageData(undoStack.pop(), 0, 0); });
+document.addEventListener("keydown", (event) => {  // Ctrl+Z / Cmd+Z undoes a stroke, outside the text fields
+  if ((event.ctrlKey || event.metaKey) && event.key === "z" && !["INPUT", "SELECT"].includes(event.target.tagName)) {
+    event.preventDefault();
+    $("undo").click();
+  }
+});
 $("clear").addEventListener("click", () => {
   undoStack.push(ctx.getImageData(0, 0, maskCanvas.width, maskCanvas.height));
   ctx.clearRect(0, 0, maskCanvas.width, maskCanvas.height);
