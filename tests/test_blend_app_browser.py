@@ -168,7 +168,9 @@ def paint(driver, canvas, y: float, x_from: float, x_to: float, brush: int) -> N
 
 
 def test_brush_size_undo_eraser_and_clear_change_the_mask_the_page_sends(server, tmp_path):
+    from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
 
     Image.open(EXAMPLE_IMAGE).convert("RGB").resize((128, 96)).save(tmp_path / "photo.png")
     driver = chrome_driver()
@@ -197,5 +199,10 @@ def test_brush_size_undo_eraser_and_clear_change_the_mask_the_page_sends(server,
         assert not painted_mask(driver).any()
         driver.find_element(By.ID, "undo").click()                # clear can be undone too
         assert (painted_mask(driver) == erased).all()
+        driver.find_element(By.ID, "eraser").click()
+        paint(driver, canvas, 0.25, -0.3, 0.3, brush=30)
+        assert (painted_mask(driver) != erased).any()
+        ActionChains(driver).key_down(Keys.CONTROL).send_keys("z").key_up(Keys.CONTROL).perform()
+        assert (painted_mask(driver) == erased).all()             # Ctrl+Z is undo
     finally:
         driver.quit()

@@ -89,7 +89,8 @@ for (const type of ["pointerup", "pointercancel"]) {
 }
 $("undo").addEventListener("click", () => { if (undoStack.length) ctx.putImageData(undoStack.pop(), 0, 0); });
 document.addEventListener("keydown", (event) => {  // Ctrl+Z / Cmd+Z undoes a stroke, outside the text fields
-  if ((event.ctrlKey || event.metaKey) && event.key === "z" && !["INPUT", "SELECT"].includes(event.target.tagName)) {
+  const typing = event.target.matches("input[type=text], input[type=number], textarea, select");
+  if ((event.ctrlKey || event.metaKey) && event.key === "z" && !typing) {
     event.preventDefault();
     $("undo").click();
   }
