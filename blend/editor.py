@@ -198,10 +198,13 @@ def cpu_has_native_bf16() -> bool:
 
 
 def is_sdxl_source(model) -> bool:
-    """An SDXL preset name, or a .safetensors file with SDXL's `conditioner.embedders.*` keys (read from its header)."""
+    """An SDXL preset name, a diffusers folder with text_encoder_2/, or a .safetensors file with SDXL's
+    `conditioner.embedders.*` keys (read from its header)."""
     if isinstance(model, str) and model in weights.presets.NAMES:
         return getattr(weights.presets.get(model), "text_2", None) is not None
     path = Path(model).expanduser()
+    if path.is_dir():
+        return (path / "text_encoder_2").is_dir()
     if path.suffix != ".safetensors" or not path.is_file():
         return False
     from safetensors import safe_open

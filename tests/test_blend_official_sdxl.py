@@ -182,3 +182,6 @@ def test_sdxl_runs_in_bfloat16_by_default_on_a_cpu_with_native_bf16_and_says_so(
     monkeypatch.setattr(editor, "cpu_has_native_bf16", lambda: False)
     assert editor.load_model(str(path), device="cpu").unet.out[2].weight.dtype == torch.float32
     assert editor.sdxl_default_dtype("sd-1.5", "cpu") is None and editor.sdxl_default_dtype(str(path), "cuda") is None
+    (tmp_path / "folder" / "text_encoder_2").mkdir(parents=True)
+    assert editor.is_sdxl_source(tmp_path / "folder") and not editor.is_sdxl_source(tmp_path / "folder" / "text_encoder_2")
+    assert editor.is_sdxl_source("sdxl-base-1.0") and not editor.is_sdxl_source("sd-2.1-base")
