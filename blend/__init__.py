@@ -11,6 +11,7 @@
     cli.py             python -m blend
     batch.py           python -m blend.batch: a manifest of edits (manifest.py), data-parallel under torchrun
     app/               python -m blend.app: a local page to paint a mask, run Algorithm 1 and watch x̂0 step by step
+    evaluate/          python -m blend.evaluate: Table 1's precision and diversity (LPIPS), and make-benchmark
 """
 from .algorithm import VARIANTS, blended_latent_diffusion
 from .editor import EditInputError, edit

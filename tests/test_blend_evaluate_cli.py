@@ -19,15 +19,9 @@ from PIL import Image
 import blend.evaluate.evaluation as evaluation
 from blend.evaluate import CLIPJudge, evaluate
 from blend.evaluate.__main__ import main
+from weights.toy import TOY_PHOTOS
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def toy_photos_folder() -> Path:
-    for folder in (ROOT / "weights" / "toy_photos", ROOT / "blend" / "assets" / "toy"):
-        if folder.is_dir() and any(folder.glob("*.png")):
-            return folder
-    pytest.fail("the toy model's photographs are in neither weights/toy_photos nor blend/assets/toy")
 
 
 def run_batch(manifest: Path, out: Path, *options):
@@ -40,9 +34,8 @@ def run_batch(manifest: Path, out: Path, *options):
 
 @pytest.mark.slow
 def test_make_benchmark_then_batch_then_evaluate_gives_table_1_for_paper_and_official(tmp_path, capsys):
-    pytest.importorskip("blend.batch")
     manifest = tmp_path / "bench.jsonl"
-    assert main(["make-benchmark", str(toy_photos_folder()), "--n", "2", "--seed", "0", "--out", str(manifest),
+    assert main(["make-benchmark", str(TOY_PHOTOS), "--n", "2", "--seed", "0", "--out", str(manifest),
                  "--classes", "toy"]) == 0
     run_batch(manifest, tmp_path / "paper")
     run_batch(manifest, tmp_path / "official", "--variant", "official")

@@ -9,7 +9,7 @@ scores, higher = more that class.
   default model is ViT-L/14, not the ViT-B/16 that ranks the results (§4.4), so that the
   judge is not the ranker; its default classes are the 1000 ImageNet names
   (data/imagenet_classes.txt, SOURCES.md beside it).
-* `ToyJudge`: for the exact toy model (blend/toy_model.py) only. The toy paints the masked region
+* `ToyJudge`: for the exact toy model (weights/toy.py) only. The toy paints the masked region
   with the same region of one of its twelve photographs, so the judge asks which photograph the
   edited pixels are nearest to (mean squared difference over the mask's pixels, each photograph
   resized to the result's size as the toy does) and answers that photograph's class. It reads the
@@ -85,10 +85,7 @@ class ToyJudge:
 
 def toy_images():
     """(images (N, 3, H, W), labels (N,), class names) of the toy model's data set."""
-    try:
-        from weights.toy import load_toy_images
-    except ImportError:             # the toy model where it lived before weights/toy.py
-        from ..toy_model import load_toy_images
+    from weights.toy import load_toy_images
     return load_toy_images()
 
 
