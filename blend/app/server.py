@@ -95,6 +95,11 @@ class EditServer(ThreadingHTTPServer):
                              "seed": defaults.seed, "variant": defaults.variant, "shrink": defaults.shrink,
                              "reconstruction": defaults.reconstruction}}
 
+    def handle_error(self, request, client_address) -> None:
+        if isinstance(sys.exc_info()[1], ConnectionError):  # the browser went away mid-answer: nothing to report
+            return
+        super().handle_error(request, client_address)
+
     def close(self) -> None:
         """Stop the worker (the running job's hidden folder is removed), then the listening socket."""
         self.jobs.stop()
