@@ -185,3 +185,21 @@ def test_sdxl_runs_in_bfloat16_by_default_on_a_cpu_with_native_bf16_and_says_so(
     (tmp_path / "folder" / "text_encoder_2").mkdir(parents=True)
     assert editor.is_sdxl_source(tmp_path / "folder") and not editor.is_sdxl_source(tmp_path / "folder" / "text_encoder_2")
     assert editor.is_sdxl_source("sdxl-base-1.0") and not editor.is_sdxl_source("sd-2.1-base")
+
+
+def test_cli_edits_with_an_sdxl_file_and_the_official_sdxl_variant(tmp_path, monkeypatch, capsys):
+    from safetensors.torch import save_file
+
+    import weights
+    from blend.cli import main
+    from test_weights_sdxl import SMALL, sdxl_file_tensors
+    monkeypatch.setitem(weights.presets._PRESETS, "sdxl-base-1.0", SMALL)
+    path = tmp_path / "sd_xl_base_1.0.safetensors"
+    save_file(sdxl_file_tensors(), str(path))
+    out = tmp_path / "out"
+    assert main(["--model", str(path), "--variant", "official-sdxl", "--steps", "4", "--samples", "1",
+                 "--size", "64", "--dtype", "float32", "--out", str(out)]) == 0
+    assert len(list(out.glob("*.png"))) >= 2                            # the result and grid.png
+    assert main(["--model", "sd-1.5", "--variant", "official-sdxl", "--out", str(tmp_path / "other")]) == 2
+    assert "needs an SDXL model (--model sdxl-base-1.0" in capsys.readouterr().err
+    assert not (tmp_path / "other").exists()
