@@ -17,6 +17,7 @@ Any other key, a missing key or a shape that differs is an error naming the file
 files come through `huggingface_hub.hf_hub_download`, so its cache, token and
 `HF_HUB_OFFLINE` behave as for any other Hub download.
 """
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -96,9 +97,8 @@ def detect_architecture(parts: dict, file) -> str:
     """The name of the CLIP model whose key shapes the file's tensors have exactly."""
     found = {part: _shapes_of(tensors) for part, tensors in parts.items()}
     for name in CLIP_NAMES:                     # "tiny" too: files of the test architecture load as well
-        with torch.device("meta"):
-            towers = {"image_encoder": ImageEncoder(IMAGE_CONFIGS[name]),
-                      "text_encoder": TextEncoder(TEXT_CONFIGS[name])}
+        towers = {"image_encoder": build_empty(partial(ImageEncoder, IMAGE_CONFIGS[name])),
+                  "text_encoder": build_empty(partial(TextEncoder, TEXT_CONFIGS[name]))}
         if all(_shapes(towers[part]) == shapes for part, shapes in found.items()):
             return name
     patch = found["image_encoder"].get("vision_model.embeddings.patch_embedding.weight")

@@ -26,13 +26,12 @@ from . import diffusers_keys as keys
 from .errors import CorruptFileError, NotAModelError, UnsupportedModelError
 from .materialize import assign_weights, build_empty, open_safetensors
 from .pickle_checkpoint import read_pickle, refusal
-from .presets import ModelSpec
+from .presets import PREDICTION_TYPES, ModelSpec
 
 COMPONENTS = {"unet": "diffusion_pytorch_model", "vae": "diffusion_pytorch_model", "text_encoder": "model"}
 TOKENIZER_FILES = ("vocab.json", "merges.txt")
 # Saved by transformers < 4.31 as a persistent buffer; it is arange(77), not a weight.
 NON_WEIGHTS = {"text_encoder": ("text_model.embeddings.position_ids", "embeddings.position_ids")}
-PREDICTION_TYPES = {"epsilon": "epsilon", "v_prediction": "v"}
 
 
 def looks_like_folder(path: Path) -> bool:

@@ -28,7 +28,6 @@ from .random_init import fill_random_
 from .toy import ToySpec, load_toy
 
 TINY_SEEDS = {"unet": 0, "vae": 1, "text_encoder": 2}
-_PREDICTION_TYPES = {"epsilon": "epsilon", "eps": "epsilon", "v": "v", "v_prediction": "v"}
 MODEL_NAMES = ("toy", *presets.NAMES)   # the names `load` takes besides files and folders
 
 
@@ -65,9 +64,10 @@ def load(source: str | Path, *, dtype: torch.dtype | None = None, device: str | 
     dtype = dtype or torch.float32
     device = torch.device(device)
     if prediction_type is not None:
-        if prediction_type not in _PREDICTION_TYPES:
-            raise ValueError(f"prediction_type must be one of {sorted(_PREDICTION_TYPES)}, not {prediction_type!r}")
-        prediction_type = _PREDICTION_TYPES[prediction_type]
+        if prediction_type not in presets.PREDICTION_TYPES:
+            raise ValueError(f"prediction_type must be one of {sorted(presets.PREDICTION_TYPES)}, "
+                             f"not {prediction_type!r}")
+        prediction_type = presets.PREDICTION_TYPES[prediction_type]
     options = dict(dtype=dtype, device=device, prediction_type=prediction_type)
 
     if isinstance(source, str) and source == "toy":

@@ -23,6 +23,10 @@ class HubSource:
     single_file: str | None = None
 
 
+# What a network predicts, by each name it goes by (ours first, then diffusers' scheduler configs): ε or v.
+PREDICTION_TYPES = {"epsilon": "epsilon", "eps": "epsilon", "v": "v", "v_prediction": "v"}
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     name: str
