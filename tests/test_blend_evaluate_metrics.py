@@ -141,3 +141,14 @@ def test_toy_judge_names_the_class_of_the_photograph_pasted_in_the_crop():
     results[:, :, 30:80, 40:100] = images[:, :, 30:80, 40:100]      # region: photograph k
     answers = judge.scores(results, box, mask).argmax(dim=1)
     assert answers.tolist() == labels.tolist()
+
+
+def test_clip_judge_text_embeddings_cut_after_the_last_eos_equal_the_full_77_positions():
+    from blend.evaluate import CLIPJudge
+    from weights import load_clip
+    model = load_clip("tiny")
+    names = ["cat", "great white shark", "toilet paper", "a rather long class name with many words in it"]
+    judge = CLIPJudge(model, names, batch_size=3)
+    with torch.no_grad():
+        full = model.text_embeddings([f"a photo of a {name}" for name in names])
+    assert (judge.text_embeddings() - full).abs().max().item() <= 1e-5

@@ -21,6 +21,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from clip.tokenizer import EOS_ID
+
 from .metrics import Box, crop
 
 DATA = Path(__file__).resolve().parent / "data"
@@ -45,12 +47,20 @@ class CLIPJudge:
         self._text = None
 
     def text_embeddings(self) -> torch.Tensor:
-        """(C, D) unit vectors of the prompts "a photo of a {name}", computed once."""
+        """(C, D) unit vectors of the prompts "a photo of a {name}", computed once.
+
+        The text tower is causal and pools at the first EOS, so the positions after the longest
+        prompt's EOS change nothing: the ids are cut there (about 4× fewer positions than 77).
+        """
         if self._text is None:
-            prompts = [self.template.format(name) for name in self.class_names]
+            ids = self.model.tokenizer([self.template.format(name) for name in self.class_names])   # (C, 77)
+            length = int((ids == EOS_ID).int().argmax(dim=1).max()) + 1
+            tower = self.model.text_encoder
+            device = tower.text_projection.weight.device
             with torch.no_grad():
-                self._text = torch.cat([self.model.text_embeddings(prompts[i:i + self.batch_size])
-                                        for i in range(0, len(prompts), self.batch_size)])
+                self._text = torch.cat([F.normalize(tower.pooled_embedding(ids[i:i + self.batch_size, :length]
+                                                                           .to(device)).float(), dim=-1)
+                                        for i in range(0, len(ids), self.batch_size)])
         return self._text
 
     def scores(self, results: torch.Tensor, box: Box, mask: torch.Tensor | None = None) -> torch.Tensor:
