@@ -38,7 +38,7 @@ from .images import image_to_tensor, read_image, read_mask, tensor_to_image
 from .masks import resize_mask, threshold_mask
 from .options import option_problem, size_multiple_of, warn_if_large
 from .rank import rank as rank_by_clip
-from .reconstruction import finetune_decoder, optimise_latent, paste_background
+from .reconstruction import decoder_parameters, finetune_decoder, optimise_latent, paste_background
 
 
 def load_model(model="sd-2.1-base", *, dtype=None, device="cpu", allow_pickle: bool = False):
@@ -93,9 +93,12 @@ def edit(image, mask, prompt: str, *, model="sd-2.1-base", steps: int = 50, guid
     spec = components.spec
     if guidance_scale is None:
         guidance_scale = spec.guidance_scale
-    if reconstruction == "decoder" and not list(getattr(components.vae, "decoder", torch.nn.Module()).parameters()):
-        raise EditInputError(f"the {spec.name} model's decoder has no weights to fine-tune; "
-                             "use reconstruction 'latent' or 'pixel'")
+    if reconstruction == "decoder":
+        try:
+            decoder_parameters(components.vae)
+        except ValueError:
+            raise EditInputError(f"the {spec.name} model's decoder has no weights to fine-tune; "
+                                 "use reconstruction 'latent' or 'pixel'") from None
     model_dtype = next(iter(components.unet.state_dict().values())).dtype
 
     # The working size and the tensors: x in [−1, 1], (1, 3, H, W); the pixel mask (1, 1, H, W).

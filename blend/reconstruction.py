@@ -34,6 +34,15 @@ def paste_background(edited: torch.Tensor, source: torch.Tensor, mask: torch.Ten
     return edited * mask + source * (1 - mask)
 
 
+def decoder_parameters(vae) -> list:
+    """The decoder's parameters, the ones §4.2 tunes; a ValueError when there are none (the toy's identity)."""
+    parameters = list(vae.decoder.parameters()) if hasattr(vae, "decoder") else []
+    if not parameters:
+        raise ValueError(f"decoder fine-tuning needs a decoder with weights; this autoencoder ({type(vae).__name__}) "
+                         "has none. Use 'latent' or 'pixel' reconstruction.")
+    return parameters
+
+
 def finetune_decoder(vae, z: torch.Tensor, edited: torch.Tensor, source: torch.Tensor, mask: torch.Tensor,
                      steps: int = 75, lr: float = 1e-4) -> torch.Tensor:
     """Decode z with a copy of the decoder tuned for 75 Adam steps (lr 1e-4) on `background_loss`.
@@ -42,13 +51,11 @@ def finetune_decoder(vae, z: torch.Tensor, edited: torch.Tensor, source: torch.T
     mask: (1, 1, H, W) pixel mask, 1 = edit. Each image of the batch gets its own copy.
     Returns the decoded images, (B, 3, H, W).
     """
+    decoder_parameters(vae)   # before any copy is made
     results = []
     for index in range(z.shape[0]):
         tuned = copy.deepcopy(vae).to(torch.float32)  # the loaded decoder stays untouched; Adam wants fp32
-        parameters = list(tuned.decoder.parameters()) if hasattr(tuned, "decoder") else []
-        if not parameters:
-            raise ValueError("decoder fine-tuning needs a decoder with weights; this autoencoder "
-                             f"({type(vae).__name__}) has none. Use 'latent' or 'pixel' reconstruction.")
+        parameters = decoder_parameters(tuned)
         tuned.requires_grad_(False)
         for parameter in parameters:
             parameter.requires_grad_(True)
