@@ -8,11 +8,12 @@ PACKAGES = ("ldm", "samplers", "blend", "clip", "weights")
 ALLOWED = {"torch", "einops", "safetensors", "huggingface_hub", "pillow", "numpy", "ftfy", "regex"}
 
 
-def test_setup_cfg_declares_the_five_packages_and_only_the_allowed_runtime_dependencies():
+def test_setup_cfg_declares_every_package_folder_and_only_the_allowed_runtime_dependencies():
     config = configparser.ConfigParser()
     config.read(ROOT / "setup.cfg")
     packages = {p.strip() for p in config["options"]["packages"].split(",")}
-    assert packages == set(PACKAGES)
+    folders = {".".join(init.parent.relative_to(ROOT).parts) for top in PACKAGES for init in (ROOT / top).rglob("__init__.py")}
+    assert packages == folders and {p.split(".")[0] for p in packages} == set(PACKAGES)
     requirements = {re.split(r"[<>=!~ \[]", line.strip())[0] for line in config["options"]["install_requires"].splitlines()
                     if line.strip()}
     assert requirements == ALLOWED
