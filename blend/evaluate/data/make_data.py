@@ -1,7 +1,7 @@
 """Makes the two vendored data files of blend/evaluate/data from the packages that publish them.
 
     python blend/evaluate/data/make_data.py            write them (refuses to overwrite; --force replaces)
-    python blend/evaluate/data/make_data.py --check    remake them in memory and compare, byte for byte
+    python blend/evaluate/data/make_data.py --check    remake them in memory and compare (tensors and metadata)
 
 * lpips_vgg_v0.1.safetensors: the five linear heads of LPIPS v0.1 for the VGG backbone, read from
   `lpips/weights/v0.1/vgg.pth` of the lpips package (0.1.4, BSD-2; notice in LICENSE.lpips) with
@@ -17,11 +17,12 @@ import argparse
 import ast
 import hashlib
 import importlib.util
+import json
 import sys
 from pathlib import Path
 
 import torch
-from safetensors.torch import save
+from safetensors.torch import load, save
 
 DATA = Path(__file__).resolve().parent
 HEADS = DATA / "lpips_vgg_v0.1.safetensors"
@@ -53,6 +54,21 @@ def classes_bytes() -> bytes:
     return ("\n".join(names) + "\n").encode("utf-8")
 
 
+def same(path: Path, content: bytes) -> bool:
+    """Whether the file holds `content`: the same tensors and metadata for safetensors (whose header
+    lists the metadata in no fixed order), the same bytes otherwise."""
+    if path.suffix != ".safetensors":
+        return path.read_bytes() == content
+    stored, made = safetensors_parts(path.read_bytes()), safetensors_parts(content)
+    return stored[1] == made[1] and stored[0].keys() == made[0].keys() and all(
+        torch.equal(stored[0][key], made[0][key]) for key in made[0])
+
+
+def safetensors_parts(content: bytes) -> tuple[dict, dict]:
+    header = json.loads(content[8:8 + int.from_bytes(content[:8], "little")])
+    return load(content), header.get("__metadata__", {})
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--check", action="store_true", help="compare with the stored files; write nothing")
@@ -60,7 +76,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     made = {HEADS: heads_bytes(), CLASSES: classes_bytes()}
     if args.check:
-        stale = [str(path) for path, content in made.items() if not path.is_file() or path.read_bytes() != content]
+        stale = [str(path) for path, content in made.items() if not path.is_file() or not same(path, content)]
         if stale:
             print("differ from their sources: " + ", ".join(stale))
             return 1
