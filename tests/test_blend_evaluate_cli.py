@@ -129,3 +129,35 @@ def test_evaluate_scores_with_a_built_judge_and_a_tiny_clip_judge_is_zero_shot_o
         assert record["top1"] == expected
         assert record["hits"] == [name == record["class"] for name in expected]
     assert run["batch_precision"] == sum(h for r in run["per_input"] for h in r["hits"]) / 6
+
+
+def test_a_prompt_names_its_class_alone_or_after_an_article_or_the_template():
+    from blend.evaluate.evaluation import class_of
+    names = ["tench", "great white shark", "Egyptian cat"]
+    assert class_of("great white shark", names) == "great white shark"
+    assert class_of("A Great White Shark", names) == "great white shark"
+    assert class_of("an egyptian cat", names) == "Egyptian cat"
+    assert class_of("a photo of a tench", names) == "tench"
+    assert class_of("a shark", names) is None and class_of("tench in a pond", names) is None
+
+
+def test_the_table_shows_a_dash_for_numbers_that_were_not_measured(tmp_path):
+    from blend.evaluate import markdown_table, write_report
+    manifest, folder = fake_results(tmp_path, prompts=("cat",), samples=1)
+    report = evaluate([folder], manifest, judge="toy", lpips="random", lpips_size=32, names=["one result"])
+    run = report["runs"][0]
+    assert run["batch_diversity"] is None and run["best_result_precision"] is None     # one result, not ranked
+    row = next(line for line in markdown_table(report).splitlines() if line.startswith("| one result"))
+    assert row.endswith("| – | – | 1 | 1 |")
+    json_path, table_path = write_report(report, tmp_path / "r.json")
+    assert json.loads(json_path.read_text()) == report and table_path.read_text() == markdown_table(report)
+    with pytest.raises(FileExistsError):
+        write_report(report, tmp_path / "r.json")
+
+
+def test_allow_missing_scores_the_ids_that_have_results(tmp_path):
+    manifest, folder = fake_results(tmp_path, prompts=("cat", "coffee", "grass"))
+    for path in (folder / "0001-coffee").iterdir():
+        path.unlink()
+    report = evaluate([folder], manifest, judge="toy", lpips="random", lpips_size=32, allow_missing=True)
+    assert [record["id"] for record in report["runs"][0]["per_input"]] == ["0000-cat", "0002-grass"]
