@@ -63,7 +63,7 @@ except ImportError:  # Windows: one write per line, unlocked
     fcntl = None
 
 from .cli import (
-    DTYPES,
+    DTYPE_NAMES,
     ResultFolder,
     add_edit_options,
     cannot_load_message,
@@ -299,7 +299,7 @@ class Worker:
             return
         args = self.args
         try:
-            self.model = load_model(args.model, dtype=DTYPES.get(args.dtype), device=str(self.device),
+            self.model = load_model(args.model, dtype=DTYPE_NAMES.get(args.dtype), device=str(self.device),
                                     allow_pickle=args.allow_pickle)
         except Exception as error:
             raise ModelUnavailable(cannot_load_message(args.model, error)) from error

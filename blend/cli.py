@@ -40,7 +40,7 @@ ASSETS = Path(__file__).resolve().parent / "assets"
 EXAMPLE_IMAGE = ASSETS / "example.jpg"       # scikit-image's "coffee" photograph, CC0 (assets/SOURCES.md)
 EXAMPLE_MASK = ASSETS / "example_mask.png"   # white = the cup, the region to edit
 EXAMPLE_PROMPT = "a cat"
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+DTYPE_NAMES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -86,7 +86,8 @@ def add_edit_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rank", nargs="?", const="ViT-B/16", default=None, metavar="CLIP",
                         help="rank the results by CLIP (paper §4.4), best first, with their distances in ranking.txt; "
                              "CLIP is ViT-B/16 (default, as the official code), ViT-L/14, tiny or a model.safetensors")
-    parser.add_argument("--dtype", choices=tuple(DTYPES), default=None, help="weights' dtype (default: the loader's)")
+    parser.add_argument("--dtype", choices=tuple(DTYPE_NAMES), default=None,
+                        help="weights' dtype (default: the loader's)")
     parser.add_argument("--size", type=int, default=None,
                         help="working long side in pixels, at least what each side must divide by (64 for SD, "
                              f"16 for tiny, 1 for the toy); a warning above {LARGE_SIZE} (default: the model's)")
@@ -160,7 +161,7 @@ def edit_and_write(args: argparse.Namespace, image: Image.Image, mask, output: "
               file=sys.stderr)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        model = load_model(args.model, dtype=DTYPES.get(args.dtype), device=device, allow_pickle=args.allow_pickle)
+        model = load_model(args.model, dtype=DTYPE_NAMES.get(args.dtype), device=device, allow_pickle=args.allow_pickle)
     except PickleRefusedError as error:  # a diffusers folder with .bin weights
         if getattr(error, "path", None) is None:
             raise

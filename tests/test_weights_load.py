@@ -16,7 +16,7 @@ from safetensors.torch import load_file, save_file
 import weights
 from clip import TextConfig
 from weights import diffusers_keys, fakes, fill_random_, presets, single_file
-from weights.load import TINY_SEEDS
+from weights.load import TINY_MODEL_SEEDS
 
 TINY = presets.get("tiny")
 # An SD-2-shaped tiny model: open_clip text layout with a skipped last block, head_dim attention,
@@ -28,9 +28,9 @@ TINY_SD2 = replace(TINY, name="tiny-sd2", prediction_type="v",
 
 def source_modules(spec):
     """The modules the fake files were made from: fill_random_ with the loader's seeds."""
-    return (fill_random_(spec.build_unet(), TINY_SEEDS["unet"]).eval(),
-            fill_random_(spec.build_vae(), TINY_SEEDS["vae"]).eval(),
-            fill_random_(spec.build_text_encoder(), TINY_SEEDS["text_encoder"]).eval())
+    return (fill_random_(spec.build_unet(), TINY_MODEL_SEEDS["unet"]).eval(),
+            fill_random_(spec.build_vae(), TINY_MODEL_SEEDS["vae"]).eval(),
+            fill_random_(spec.build_text_encoder(), TINY_MODEL_SEEDS["text_encoder"]).eval())
 
 
 @torch.no_grad()

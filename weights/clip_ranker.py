@@ -35,7 +35,7 @@ HUB_FILES = {
     "ViT-L/14": ("openai/clip-vit-large-patch14", "model.safetensors", "1.7 GB"),
 }
 IGNORED_KEYS = ("logit_scale", "text_model.embeddings.position_ids", "vision_model.embeddings.position_ids")
-TINY_SEEDS = {"image_encoder": 5, "text_encoder": 6}
+TINY_CLIP_SEEDS = {"image_encoder": 5, "text_encoder": 6}
 PARTS = {"image_encoder": ("vision_model.", "visual_projection."), "text_encoder": ("text_model.", "text_projection.")}
 
 
@@ -45,7 +45,7 @@ def load_clip(source: str | Path = "ViT-B/16", *, dtype: torch.dtype | None = No
     dtype, device = dtype or torch.float32, torch.device(device)
     if source == "tiny":
         model = CLIPModel("tiny")
-        for part, seed in TINY_SEEDS.items():
+        for part, seed in TINY_CLIP_SEEDS.items():
             fill_random_(getattr(model, part), seed)
         return model.to(device=device, dtype=dtype).eval()
     if isinstance(source, str) and source in HUB_FILES:

@@ -31,7 +31,7 @@ from .presets import PREDICTION_TYPES, ModelSpec
 COMPONENTS = {"unet": "diffusion_pytorch_model", "vae": "diffusion_pytorch_model", "text_encoder": "model"}
 TOKENIZER_FILES = ("vocab.json", "merges.txt")
 # Saved by transformers < 4.31 as a persistent buffer; it is arange(77), not a weight.
-NON_WEIGHTS = {"text_encoder": ("text_model.embeddings.position_ids", "embeddings.position_ids")}
+FOLDER_NON_WEIGHTS = {"text_encoder": ("text_model.embeddings.position_ids", "embeddings.position_ids")}
 
 
 def looks_like_folder(path: Path) -> bool:
@@ -201,7 +201,7 @@ def load_folder(folder: Path, *, dtype: torch.dtype, device: torch.device, predi
     modules = {}
     for part, stem in COMPONENTS.items():
         files = weight_files(folder / part, stem, fp16, allow_pickle)
-        tensors = {k: v for k, v in read_tensors(files).items() if k not in NON_WEIGHTS.get(part, ())}
+        tensors = {k: v for k, v in read_tensors(files).items() if k not in FOLDER_NON_WEIGHTS.get(part, ())}
         file = files[0] if len(files) == 1 else f"{folder / part} ({len(files)} shards)"
         if part == "unet":
             module = build_empty(spec.build_unet)
@@ -218,7 +218,7 @@ def load_folder(folder: Path, *, dtype: torch.dtype, device: torch.device, predi
     if spec.text_2 is None:
         return modules["unet"], modules["vae"], modules["text_encoder"], tokenizer, spec
     files = weight_files(folder / "text_encoder_2", COMPONENTS["text_encoder"], fp16, allow_pickle)
-    tensors = {k: v for k, v in read_tensors(files).items() if k not in NON_WEIGHTS["text_encoder"]}
+    tensors = {k: v for k, v in read_tensors(files).items() if k not in FOLDER_NON_WEIGHTS["text_encoder"]}
     module = build_empty(spec.build_text_encoder_2)
     tensors = keys.text_from_transformers(tensors, spec.text_2)
     tensors.update(_absent_from_transformers(module, tensors))          # logit_scale: no counterpart

@@ -12,7 +12,7 @@ way but their values. This module writes
   for a repository id, so that `huggingface_hub` finds it with `HF_HUB_OFFLINE=1`.
 
 Every weight is `random_tensor(name, shape, seed)` under our name, with seeds
-`load.TINY_SEEDS`, so `fill_random_(spec.build_unet(), 0)` rebuilds the same UNet.
+`load.TINY_MODEL_SEEDS`, so `fill_random_(spec.build_unet(), 0)` rebuilds the same UNet.
 """
 import hashlib
 import json
@@ -27,7 +27,7 @@ from safetensors.torch import save_file
 from clip.tokenizer import read_bpe_merges, vocabulary_from_merges
 
 from . import diffusers_keys as keys
-from .load import TINY_SEEDS
+from .load import TINY_MODEL_SEEDS
 from .materialize import build_empty
 from .presets import ModelSpec
 from .random_init import random_tensor
@@ -44,7 +44,7 @@ SCHEDULE_BUFFER_SHAPES = {"betas": (1000,), "alphas_cumprod": (1000,), "alphas_c
 def random_weights(spec: ModelSpec, part: str, dtype=torch.float32, values: str = "random") -> dict:
     """{our key: tensor} for one network of `spec`.
 
-    values="random": `random_tensor(name, shape, TINY_SEEDS[part])`, the weights `fill_random_` gives.
+    values="random": `random_tensor(name, shape, TINY_MODEL_SEEDS[part])`, the weights `fill_random_` gives.
     values="constant": each tensor filled with `constant_value(name)`; full-size files in seconds
     instead of a minute, for tests of layout, routing and memory rather than of outputs.
     """
@@ -52,7 +52,7 @@ def random_weights(spec: ModelSpec, part: str, dtype=torch.float32, values: str 
     shapes = {name: t.shape for name, t in build_empty(builder).state_dict(keep_vars=True).items()}
     if values == "constant":
         return {name: torch.full(shape, constant_value(name), dtype=dtype) for name, shape in shapes.items()}
-    return {name: random_tensor(name, shape, TINY_SEEDS[part]).to(dtype) for name, shape in shapes.items()}
+    return {name: random_tensor(name, shape, TINY_MODEL_SEEDS[part]).to(dtype) for name, shape in shapes.items()}
 
 
 def constant_value(name: str) -> float:

@@ -27,7 +27,7 @@ from .presets import ModelSpec
 from .random_init import fill_random_
 from .toy import ToySpec, load_toy
 
-TINY_SEEDS = {"unet": 0, "vae": 1, "text_encoder": 2}
+TINY_MODEL_SEEDS = {"unet": 0, "vae": 1, "text_encoder": 2}
 MODEL_NAMES = ("toy", *presets.NAMES)   # the names `load` takes besides files and folders
 
 
@@ -133,12 +133,12 @@ def load_single_file(path: Path, tensors: dict, *, dtype, device, prediction_typ
 
 
 def load_tiny(*, dtype, device, prediction_type) -> Components:
-    """The "tiny" preset with deterministic random weights (`fill_random_`, seeds TINY_SEEDS)."""
+    """The "tiny" preset with deterministic random weights (`fill_random_`, seeds TINY_MODEL_SEEDS)."""
     spec = presets.get("tiny")
     if prediction_type is not None:
         spec = replace(spec, prediction_type=prediction_type)
-    unet = fill_random_(spec.build_unet(), TINY_SEEDS["unet"])
-    vae = fill_random_(spec.build_vae(), TINY_SEEDS["vae"])
-    text_encoder = fill_random_(spec.build_text_encoder(), TINY_SEEDS["text_encoder"])
+    unet = fill_random_(spec.build_unet(), TINY_MODEL_SEEDS["unet"])
+    vae = fill_random_(spec.build_vae(), TINY_MODEL_SEEDS["vae"])
+    text_encoder = fill_random_(spec.build_text_encoder(), TINY_MODEL_SEEDS["text_encoder"])
     modules = [m.to(device=device, dtype=dtype).eval() for m in (unet, vae, text_encoder)]
     return Components(*modules, spec.build_tokenizer(), spec)

@@ -26,7 +26,7 @@ from .errors import CorruptFileError, StateDictMismatchError, mismatch_message
 
 
 # safetensors dtype names -> torch dtypes
-DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
           "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
           "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2}
 
@@ -64,7 +64,8 @@ def open_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
     header.pop("__metadata__", None)
     start = 8 + header_length
     try:
-        entries = {name: (DTYPES[e["dtype"]], tuple(e["shape"]), *e["data_offsets"]) for name, e in header.items()}
+        entries = {name: (SAFETENSORS_DTYPES[e["dtype"]], tuple(e["shape"]), *e["data_offsets"])
+                   for name, e in header.items()}
     except (KeyError, TypeError, ValueError) as error:
         raise corrupt(f"a header entry is malformed or of an unknown dtype ({error!r})") from None
     end = max((e[3] for e in entries.values()), default=0)

@@ -9,7 +9,7 @@ One file holds the whole LatentDiffusion model, with each network under its own 
     conditioner.embedders.0.transformer.*   SDXL's ViT-L/14 tower (transformers' names, `text_model.*`)
     conditioner.embedders.1.model.*         SDXL's ViT-bigG/14 tower (open_clip's names, 32 blocks)
 
-beside entries that are not weights of any network (`NON_WEIGHTS`). SD 1 and SD 2 are told apart
+beside entries that are not weights of any network (`SINGLE_FILE_NON_WEIGHTS`). SD 1 and SD 2 are told apart
 by the text tower's prefix and checked against the UNet's cross-attention width (768 vs 1024).
 Whether a model predicts ε or v is not in the weights; it comes from the matching preset or the caller.
 """
@@ -32,13 +32,13 @@ SCHEDULE_BUFFERS = ("betas", "alphas_cumprod", "alphas_cumprod_prev", "sqrt_alph
                     "sqrt_one_minus_alphas_cumprod", "log_one_minus_alphas_cumprod", "sqrt_recip_alphas_cumprod",
                     "sqrt_recipm1_alphas_cumprod", "posterior_variance", "posterior_log_variance_clipped",
                     "posterior_mean_coef1", "posterior_mean_coef2", "logvar")
-NON_WEIGHTS = frozenset(SCHEDULE_BUFFERS + ("cond_stage_model.transformer.text_model.embeddings.position_ids",
+SINGLE_FILE_NON_WEIGHTS = frozenset(SCHEDULE_BUFFERS + ("cond_stage_model.transformer.text_model.embeddings.position_ids",
                                             "conditioner.embedders.0.transformer.text_model.embeddings.position_ids",
                                             "denoiser.sigmas"))   # SDXL's σ table, which EulerSampler recomputes
 
 
 def is_non_weight(key: str) -> bool:
-    return key in NON_WEIGHTS or key.startswith(NON_WEIGHT_PREFIXES)
+    return key in SINGLE_FILE_NON_WEIGHTS or key.startswith(NON_WEIGHT_PREFIXES)
 
 
 def detect_family(tensors: dict, file) -> str:

@@ -13,7 +13,7 @@ import torch
 
 from weights.pickle_checkpoint import is_pickle_checkpoint
 
-from ..cli import DTYPES, cannot_load_message, pickle_refusal_message
+from ..cli import DTYPE_NAMES, cannot_load_message, pickle_refusal_message
 from ..editor import load_model
 from ..options import option_problem
 from .server import EditServer, is_loopback
@@ -30,7 +30,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--port", type=int, default=7860, help="port (default 7860; 0 picks a free one)")
     parser.add_argument("--out", default="outputs/app", help="where each job's folder is written (outputs/app)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N, mps or xpu (default: cuda when available)")
-    parser.add_argument("--dtype", choices=tuple(DTYPES), default=None, help="weights' dtype (default: the loader's)")
+    parser.add_argument("--dtype", choices=tuple(DTYPE_NAMES), default=None,
+                        help="weights' dtype (default: the loader's)")
     parser.add_argument("--allow-pickle", action="store_true",
                         help="read a .ckpt/.pt/.bin --model with torch.load(weights_only=True) instead of refusing it")
     return parser.parse_args(argv)
@@ -58,7 +59,7 @@ def serve(args: argparse.Namespace) -> int:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     print(f"loading {args.model} on {device} …", file=sys.stderr)
     try:
-        components = load_model(args.model, dtype=DTYPES.get(args.dtype), device=device,
+        components = load_model(args.model, dtype=DTYPE_NAMES.get(args.dtype), device=device,
                                 allow_pickle=args.allow_pickle)
     except Exception as error:
         print(cannot_load_message(args.model, error), file=sys.stderr)
