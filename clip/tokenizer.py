@@ -204,8 +204,8 @@ class Tokenizer:
         if missing:
             raise ValueError(f"{source}: {len(missing)} merge results are not in the vocabulary, e.g. {missing[0]}")
         self.style = STYLES[style]
-        self.encoder = dict(vocabulary)                                  # token -> id
-        self.decoder = {i: token for token, i in vocabulary.items()}     # id -> token
+        self.token_to_id = dict(vocabulary)                                # token -> id
+        self.id_to_token = {i: token for token, i in vocabulary.items()}   # id -> token
         self.merge_ranks = {pair: rank for rank, pair in enumerate(merges)}
         self.byte_to_symbol = byte_symbols()
         self.symbol_to_byte = {s: b for b, s in self.byte_to_symbol.items()}
@@ -259,7 +259,7 @@ class Tokenizer:
                 ids.append(self.special_ids[piece])
                 continue
             symbols = "".join(self.byte_to_symbol[b] for b in piece.encode("utf-8"))
-            ids.extend(self.encoder[token] for token in self.bpe(symbols))
+            ids.extend(self.token_to_id[token] for token in self.bpe(symbols))
         return ids
 
     def __call__(self, prompts: str | Sequence[str]) -> torch.Tensor:
@@ -300,6 +300,6 @@ class Tokenizer:
                 ids = ids[:len(ids) - ids[::-1].index(EOS_ID)]       # up to and with the last EOS
             ids = [i for i in ids if i not in (BOS_ID, EOS_ID)]
         # Every token, the special ones included, is spelled in byte symbols: map them back to bytes.
-        symbols = "".join(self.decoder[i] for i in ids)
+        symbols = "".join(self.id_to_token[i] for i in ids)
         text = bytes(self.symbol_to_byte[s] for s in symbols).decode("utf-8", errors="replace")
         return text.replace(WORD_END, " ").strip()

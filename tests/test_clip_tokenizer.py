@@ -128,7 +128,7 @@ def test_known_ids_of_a_simple_prompt(sd1, sd2):
 def test_bpe_marks_the_word_end_and_merges_by_rank(sd1):
     assert sd1.bpe("cat") == ("cat</w>",)
     assert sd1.bpe("cats") == ("cats</w>",)
-    assert sd1.encoder["cat</w>"] != sd1.encoder["cat"]          # "cat" ending a word is another token
+    assert sd1.token_to_id["cat</w>"] != sd1.token_to_id["cat"]          # "cat" ending a word is another token
     # a made-up word falls apart into ranked pieces whose concatenation is the word
     pieces = sd1.bpe("blendedlatent")
     assert "".join(pieces) == "blendedlatent</w>" and len(pieces) > 1 and pieces[-1].endswith("</w>")
