@@ -132,7 +132,7 @@ def test_bpe_marks_the_word_end_and_merges_by_rank(sd1):
     # a made-up word falls apart into ranked pieces whose concatenation is the word
     pieces = sd1.bpe("blendedlatent")
     assert "".join(pieces) == "blendedlatent</w>" and len(pieces) > 1 and pieces[-1].endswith("</w>")
-    assert all(p in sd1.encoder for p in pieces)
+    assert all(p in sd1.token_to_id for p in pieces)
 
 
 def test_sd1_pads_with_eos_and_sd2_pads_with_zero(sd1, sd2):
@@ -195,7 +195,7 @@ def test_vocab_json_and_merges_txt_pair_gives_the_same_tokenizer(style, tmp_path
     assert hashlib.sha256(merges_txt.read_bytes()).hexdigest() == PUBLISHED_MERGES_TXT_SHA256
     from_files = Tokenizer.from_vocab_files(vocab_json, merges_txt, style=style)
     default = {"sd1": sd1, "sd2": sd2}[style]
-    assert from_files.encoder == default.encoder and from_files.merge_ranks == default.merge_ranks
+    assert from_files.token_to_id == default.token_to_id and from_files.merge_ranks == default.merge_ranks
     assert from_files.pad_id == default.pad_id
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
