@@ -161,3 +161,17 @@ def test_allow_missing_scores_the_ids_that_have_results(tmp_path):
         path.unlink()
     report = evaluate([folder], manifest, judge="toy", lpips="random", lpips_size=32, allow_missing=True)
     assert [record["id"] for record in report["runs"][0]["per_input"]] == ["0000-cat", "0002-grass"]
+
+
+def test_rank_orders_unranked_results_for_best_result_precision_as_blend_rank_does(tmp_path):
+    from blend import rank
+    from weights import load_clip
+    manifest, folder = fake_results(tmp_path, prompts=("cat", "grass"), samples=3)
+    report = evaluate([folder], manifest, judge="toy", lpips="random", lpips_size=32, rank="tiny")
+    run = report["runs"][0]
+    assert run["ranked_inputs"] == 2 and run["best_result_precision"] is not None
+    for record in run["per_input"]:
+        images = [Image.open(folder / record["id"] / name) for name in record["results"]]
+        order, _ = rank(images, record["prompt"], tmp_path / f"{record['id']}.png", ranker=load_clip("tiny"))
+        assert record["best"] == record["results"][order[0]] and record["ranked_by"] == "CLIP tiny"
+    assert run["best_result_precision"] == sum(r["best_hit"] for r in run["per_input"]) / 2

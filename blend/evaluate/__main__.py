@@ -49,7 +49,8 @@ def benchmark_main(argv) -> int:
     except (BenchmarkError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    print(f"wrote {args.out} ({len(entries)} edits) and its masks in {Path(args.out).parent / (Path(args.out).stem + '_masks')}")
+    masks = Path(args.out).parent / f"{Path(args.out).stem}_masks"
+    print(f"wrote {args.out} ({len(entries)} edits) and its masks in {masks}")
     return 0
 
 
@@ -70,6 +71,9 @@ def evaluate_main(argv) -> int:
     parser.add_argument("--padding", type=float, default=PADDING, help="crop padding, a fraction of its side (0.1)")
     parser.add_argument("--lpips-size", type=int, default=LPIPS_SIZE,
                         help=f"side the crops are resized to for LPIPS ({LPIPS_SIZE}; 0 keeps them as they are)")
+    parser.add_argument("--rank", nargs="?", const="ViT-B/16", default=None, metavar="CLIP",
+                        help="rank the results of inputs that have no ranking.txt, for best-result precision: "
+                             "CLIP ViT-B/16 (default, as python -m blend --rank), ViT-L/14, tiny or a model.safetensors")
     parser.add_argument("--allow-missing", action="store_true", help="score the ids that have results, skip the rest")
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
@@ -87,7 +91,7 @@ def evaluate_main(argv) -> int:
         report = evaluate(args.results_dirs, args.manifest, names=args.names.split(",") if args.names else None,
                           judge=args.judge, class_names=class_list(args.classes), lpips=args.lpips,
                           padding=args.padding, lpips_size=args.lpips_size, allow_missing=args.allow_missing,
-                          device=args.device)
+                          rank=args.rank, device=args.device)
     except EvaluationError as error:
         print("\n".join(f"error: {line}" for line in str(error).splitlines()), file=sys.stderr)
         return 2

@@ -131,7 +131,7 @@ def judge_classes(judge, class_names=None) -> list:
     return list(class_names or imagenet_class_names())
 
 
-def score_input(item: Input, files: list, judge, lpips, *, padding: float, lpips_size: int) -> dict:
+def score_input(item: Input, files: list, judge, lpips, *, padding: float, lpips_size: int, ranker=None) -> dict:
     """The numbers of one input of one results folder."""
     images = [read_image(path) for path in files]
     if len({image.size for image in images}) != 1:
@@ -142,11 +142,14 @@ def score_input(item: Input, files: list, judge, lpips, *, padding: float, lpips
     scores = judge.scores(results, box, mask)                                     # (N, C)
     top1, top5 = hits(scores, judge.class_names, item.class_name, 1), hits(scores, judge.class_names, item.class_name, 5)
     names = [path.name for path in files]
-    best = best_result(files[0].parent)
+    best, ranked_by = best_result(files[0].parent), "ranking.txt"
+    if best is None and ranker is not None:        # rank here, as python -m blend --rank does (paper §4.4)
+        from ..rank import rank
+        best, ranked_by = names[rank(results, item.prompt, item.mask, ranker=ranker)[0][0]], f"CLIP {ranker.name}"
     return {"id": item.id, "prompt": item.prompt, "class": item.class_name, "results": names,
             "box": [box.top, box.left, box.height, box.width],
             "top1": [judge.class_names[i] for i in scores.argmax(dim=1).tolist()],
-            "hits": top1.tolist(), "hits_top5": top5.tolist(), "best": best,
+            "hits": top1.tolist(), "hits_top5": top5.tolist(), "best": best, "ranked_by": ranked_by if best else None,
             "best_hit": bool(top1[names.index(best)]) if best in names else None,
             "diversity": diversity(lpips, crop(results, box), lpips_size)}
 
@@ -166,13 +169,15 @@ def summarise(name: str, folder: Path, per_input: list) -> dict:
 
 def evaluate(results_dirs, manifest, *, names=None, judge: str = DEFAULT_JUDGE, class_names=None,
              lpips: str = "vgg16", padding: float = PADDING, lpips_size: int = LPIPS_SIZE,
-             allow_missing: bool = False, device="cpu", judge_model=None, lpips_model=None) -> dict:
+             allow_missing: bool = False, rank: str | None = None, device="cpu", judge_model=None,
+             lpips_model=None) -> dict:
     """Score each results folder against the manifest; returns the report that blend.evaluate.report renders.
 
     judge: "ViT-L/14" (default), "ViT-B/16", "tiny", a CLIP model.safetensors, or "toy" (the toy model's
         results only); or an already built judge as judge_model. class_names: the judge's classes
         (default: the 1000 ImageNet names). lpips: "vgg16" (default), a VGG16 .safetensors, "random";
-        or an already built blend.evaluate.LPIPS as lpips_model.
+        or an already built blend.evaluate.LPIPS as lpips_model. rank: a CLIP name or file that ranks the
+        results of inputs without a ranking.txt (default: those inputs have no best result).
     """
     results_dirs = [Path(d) for d in results_dirs]
     if not results_dirs:
@@ -188,15 +193,21 @@ def evaluate(results_dirs, manifest, *, names=None, judge: str = DEFAULT_JUDGE, 
                               f"model.safetensors")
     if lpips_model is None and lpips not in ("vgg16", "random") and not Path(lpips).is_file():
         raise EvaluationError(f"--lpips {lpips!r}: expected vgg16, random or an existing VGG16 .safetensors file")
+    if rank is not None and rank not in CLIP_NAMES and not Path(rank).is_file():
+        raise EvaluationError(f"--rank {rank!r}: expected {', '.join(CLIP_NAMES)} or an existing CLIP model.safetensors")
     classes = judge_model.class_names if judge_model is not None else judge_classes(judge, class_names)
     inputs = read_inputs(manifest, classes)
     found = check_folders(results_dirs, inputs, allow_missing)
     judge_model = judge_model or load_judge(judge, class_names=class_names, device=device)   # before any work
     lpips_model = lpips_model or load_lpips(lpips, device=device)
+    ranker = None
+    if rank is not None:
+        from weights.clip_ranker import load_clip
+        ranker = load_clip(rank, device=device)
     runs = []
     for name, folder in zip(names, results_dirs):
         per_input = [score_input(item, found[folder][item.id], judge_model, lpips_model, padding=padding,
-                                 lpips_size=lpips_size) for item in inputs if item.id in found[folder]]
+                                 lpips_size=lpips_size, ranker=ranker) for item in inputs if item.id in found[folder]]
         runs.append(summarise(name, folder, per_input))
     settings = {"manifest": str(manifest), "judge": getattr(judge_model, "name", str(judge)),
                 "classes": len(judge_model.class_names), "template": TEMPLATE if judge != "toy" else None,

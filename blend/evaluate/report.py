@@ -39,7 +39,8 @@ def markdown_table(report: dict) -> str:
               f"Judge: {settings['judge']}, top-1 over {settings['classes']} classes{template}. "
               f"Crop: {settings['crop']}. Diversity: {settings['lpips']}, crops resized to "
               f"{settings['lpips_size']}², mean over pairs of one input's results, then over inputs. "
-              f"Best-result precision: the result ranking.txt puts first (– when not ranked).",
+              f"Best-result precision: the result that ranking.txt, or else --rank, puts first (– when not "
+              f"ranked).",
               "", PAPER]
     return "\n".join(lines) + "\n"
 
