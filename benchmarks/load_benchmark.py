@@ -136,7 +136,7 @@ def measure_loads(path: Path | None, dtype: str = "float16", repeat: int = 3) ->
                 runs[kind].append(run_child(kind, path, scratch / "config", dtype))
     rows = {"file": path.name, "size_gb": size / 1e9}
     for kind, results in runs.items():
-        def median(f):
+        def median(f, results=results):
             return statistics.median(f(r) for r in results)
         rows[kind] = dict(seconds=median(lambda r: r["seconds"]), peak=median(lambda r: r["load_peak"]) / 2**20,
                           load=median(lambda r: r["load_peak"] - r["before"]) / 2**20,

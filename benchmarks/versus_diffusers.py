@@ -105,6 +105,7 @@ def build(cls, config, dtype, device):
 def unet_pair(args, spec, device, dtype) -> tuple:
     """Our UNet and diffusers' UNet2DConditionModel on the same weights (shared storage)."""
     from fixtures_ldm import reference_unet
+
     from ldm import UNetModel
 
     ours = build(UNetModel, spec.unet, dtype, device)
@@ -122,13 +123,15 @@ def unet_cases(args, spec, ours, reference, device, dtype) -> list:
         context = torch.randn(2, 77, spec.unet.context_dim, generator=generator).to(device, dtype)
         t = torch.tensor([500, 500], device=device)
         repeat = args.repeat if side == 32 else args.heavy_repeat
-        rows.append(compare(name, lambda: ours(x, t, context), lambda: reference(x, t, context).sample,
+        rows.append(compare(name, lambda x=x, t=t, context=context: ours(x, t, context),
+                            lambda x=x, t=t, context=context: reference(x, t, context).sample,
                             device, repeat, warmup=True))
     return rows
 
 
 def vae_cases(args, spec, device, dtype) -> list:
     from fixtures_ldm import reference_vae
+
     from ldm import AutoencoderKL
 
     ours = build(AutoencoderKL, spec.vae, dtype, device)
@@ -230,7 +233,8 @@ def main() -> None:
     parser.add_argument("--edit-repeat", type=int, default=1, help="timed edits per side")
     parser.add_argument("--edit-size", type=int, help="edit size in pixels (default: 256 on the CPU, 512 on a GPU)")
     parser.add_argument("--compile", action="store_true", help="torch.compile our UNet (not the reference)")
-    parser.add_argument("--json", type=Path, help="where to write the results (default: benchmarks/results-<device>.json)")
+    parser.add_argument("--json", type=Path,
+                        help="where to write the results (default: benchmarks/results-<device>.json)")
     args = parser.parse_args()
 
     device = torch.device(args.device)

@@ -87,7 +87,7 @@ def blended_latent_diffusion(unet: Denoiser, sampler: DDIMSampler, z_init: torch
         z = schedule.q_sample(z_init, timesteps[0], draw_noise())       # line 3: z_k ~ noise(z_init, k)
     else:
         z = draw_noise()                                                 # official: start from pure noise
-    for i, (t, m) in enumerate(zip(timesteps, masks)):                   # line 4
+    for i, (t, m) in enumerate(zip(timesteps, masks, strict=True)):     # line 4
         z_t = z
         model_output = guided_model_output(unet, z_t, t, cond, uncond, guidance_scale)
         z_fg, x0_fg = sampler.step(model_output, t, z_t, generator=generator)  # line 5: z_fg ~ denoise(z_t, d, t)

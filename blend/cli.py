@@ -28,13 +28,15 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from weights import OfflineError, PickleRefusedError, load_clip
+from weights.load import load_vae
+from weights.pickle_checkpoint import conversion_command, is_pickle_checkpoint
+
+from .algorithm import VARIANTS
 from .editor import EditInputError, edit, load_model
 from .images import mask_to_image, read_image, read_mask
-from .algorithm import VARIANTS
 from .options import LARGE_SIZE, option_problem
 from .reconstruction import MODES
-from weights import OfflineError, PickleRefusedError, load_clip
-from weights.pickle_checkpoint import conversion_command, is_pickle_checkpoint
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 EXAMPLE_IMAGE = ASSETS / "example.jpg"       # scikit-image's "coffee" photograph, CC0 (assets/SOURCES.md)
@@ -51,6 +53,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--mask", default=None, help="white (1) = edit, black (0) = keep; given with --image")
     parser.add_argument("--prompt", default=EXAMPLE_PROMPT, help=f"what the masked region becomes ({EXAMPLE_PROMPT!r})")
     add_edit_options(parser)
+    parser.add_argument("--vae", default=None,
+                        help="a replacement autoencoder: fp16-fix (SDXL's, decodes in float16 without overflow; "
+                             "madebyollin/sdxl-vae-fp16-fix) or a diffusers vae/ folder (default: the model's own)")
     parser.add_argument("--seed", type=int, default=42, help="0 to 2**64 - 1, torch's range (default 42)")
     parser.add_argument("--device", default=None,
                         help="cpu, cuda, cuda:N, mps or xpu, available on this machine (default: cuda when available)")
@@ -72,15 +77,16 @@ def add_edit_options(parser: argparse.ArgumentParser) -> None:
                         help="DDIM steps S: 1 to 999 (1 to 1000 with --variant official, whose timestep offset is 0; "
                              "1 to 500 for the LDM's uniform timesteps); default 50")
     parser.add_argument("--guidance", type=float, default=None,
-                        help="classifier-free guidance scale, any finite number (default: the model's, 7.5 for SD, 5 for SDXL and the LDM, 1.0 for the toy)")
+                        help="classifier-free guidance scale, any finite number (default: the model's, 7.5 for SD, "
+                             "5 for SDXL and the LDM, 1.0 for the toy)")
     parser.add_argument("--start", type=float, default=0.25,
                         help="fraction of the steps skipped, in [0, 1) with at least one step left to run "
                              "(default 0.25)")
     parser.add_argument("--samples", type=int, default=4, help="number of results, at least 1 (default 4)")
     parser.add_argument("--variant", choices=VARIANTS, default="paper",
-                        help="Algorithm 1 as the paper intends it (paper), or an official script's loop (README: variants); "
-                             "official-sdxl is the SDXL script's (Euler steps; --model sdxl-base-1.0), official-ldm the "
-                             "paper's LDM script's (--model ldm-txt2img-f8-large)")
+                        help="Algorithm 1 as the paper intends it (paper), or an official script's loop "
+                             "(README: variants); official-sdxl is the SDXL script's (Euler steps; --model "
+                             "sdxl-base-1.0), official-ldm the paper's LDM script's (--model ldm-txt2img-f8-large)")
     parser.add_argument("--shrink", action="store_true", help="progressive mask shrinking (paper §4.3)")
     parser.add_argument("--reconstruction", choices=MODES, default="none", help="background reconstruction (§4.2)")
     parser.add_argument("--rank", nargs="?", const="ViT-B/16", default=None, metavar="CLIP",
@@ -144,7 +150,7 @@ def option_refusal(args: argparse.Namespace) -> str | None:
     problem = option_problem(steps=args.steps, start=args.start, guidance_scale=args.guidance,
                              num_samples=args.samples, seed=args.seed, size=args.size, device=args.device,
                              variant=args.variant, reconstruction=args.reconstruction, model=args.model,
-                             rank=args.rank, cli=True)
+                             rank=args.rank, cli=True, vae=args.vae)
     if problem is None and not args.allow_pickle and is_pickle_checkpoint(Path(args.model).expanduser()):
         problem = pickle_refusal_message(args.model, Path(args.model).expanduser())
     return problem
@@ -177,13 +183,20 @@ def edit_and_write(args: argparse.Namespace, image: Image.Image, mask, output: "
         except Exception as error:
             print(f"error: could not load the CLIP ranker {args.rank!r}: {error}", file=sys.stderr)
             return 1
+    vae = None
+    if args.vae:  # before the edit too: a VAE that cannot be fetched costs no sampling time
+        try:
+            vae = load_vae(args.vae, dtype=next(iter(model.unet.state_dict().values())).dtype, device=device)
+        except Exception as error:
+            print(f"error: could not load the autoencoder {args.vae!r}: {error}", file=sys.stderr)
+            return 1
 
     started = time.perf_counter()
     try:
         results = edit(image, mask, args.prompt, model=model, steps=args.steps, guidance_scale=args.guidance,
                        start=args.start, num_samples=args.samples, seed=args.seed, variant=args.variant,
                        shrink=args.shrink, reconstruction=args.reconstruction, device=device, size=args.size,
-                       callback=ProgressLine(f"{args.model} {args.variant}"), ranker=ranker)
+                       callback=ProgressLine(f"{args.model} {args.variant}"), ranker=ranker, vae=vae)
     except EditInputError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -376,7 +389,7 @@ def grid(image: Image.Image, mask, results: list, height: int = 512) -> Image.Im
 
 
 class ProgressLine:
-    """A one-line progress bar on stderr, as the loop's per-step callback: `edit(..., callback=ProgressLine("label"))`."""
+    """A one-line progress bar on stderr, as the loop's per-step callback: `edit(..., callback=ProgressLine(label))`."""
 
     def __init__(self, label: str, stream=sys.stderr, width: int = 30):
         self.label, self.stream, self.width = label, stream, width

@@ -19,7 +19,7 @@ the result equals a seeded run of the official code bit for bit.
 """
 import torch
 
-from samplers import DDIMSampler, as_conditioning, classifier_free_guidance, ddim_update, predict_x0_from_eps
+from samplers import DDIMSampler, as_conditioning, ddim_update, guided_model_output, predict_x0_from_eps
 
 from .interfaces import Denoiser, StepCallback, StepRecord
 from .masks import SHRINK_KERNEL_SIZES, masks_for_steps, step_kernel_sizes
@@ -50,10 +50,7 @@ def guided_eps(unet: Denoiser, z: torch.Tensor, t: int, cond, uncond, guidance_s
     if guidance_scale == 1.0:
         timesteps = torch.full((batch,), int(t), device=z.device, dtype=torch.long)
         return unet(z, timesteps, *[c.expand(batch, *c.shape[1:]) for c in cond])
-    pairs = [torch.cat([u.expand(batch, *u.shape[1:]), c.expand(batch, *c.shape[1:])]) for u, c in zip(uncond, cond)]
-    timesteps = torch.full((2 * batch,), int(t), device=z.device, dtype=torch.long)
-    eps_uncond, eps_cond = unet(torch.cat([z, z]), timesteps, *pairs).chunk(2)
-    return classifier_free_guidance(eps_uncond, eps_cond, guidance_scale)
+    return guided_model_output(unet, z, t, cond, uncond, guidance_scale)
 
 
 def official_ldm_loop(unet: Denoiser, sampler: DDIMSampler, z_init: torch.Tensor, mask: torch.Tensor, cond, uncond,
@@ -84,7 +81,7 @@ def official_ldm_loop(unet: Denoiser, sampler: DDIMSampler, z_init: torch.Tensor
 
     # z_k: each sample noised to the first timestep with its own draw.
     z = torch.cat([schedule.q_sample(z_init[i:i + 1], timesteps[0], draw_noise(1)) for i in range(batch)])
-    for i, (t, m) in enumerate(zip(timesteps, masks)):
+    for i, (t, m) in enumerate(zip(timesteps, masks, strict=True)):
         z_t = z
         z_bg = schedule.q_sample(z_init, t, draw_noise(1))               # line 6 at the current t, one shared draw
         z = z_bg * (1 - m) + m * z                                       # line 7, before the step
@@ -92,7 +89,7 @@ def official_ldm_loop(unet: Denoiser, sampler: DDIMSampler, z_init: torch.Tensor
         alpha_bar, alpha_bar_prev = per_sample(schedule.alphas_cumprod[t]), per_sample(sampler.alpha_bar_prev(t))
         sigma = per_sample(compvis_sigma(schedule.alphas_cumprod[t], sampler.alpha_bar_prev(t), sampler.eta))
         x0_fg = predict_x0_from_eps(z, eps, alpha_bar)                   # DDIM eq. 9
-        z_fg = ddim_update(x0_fg, eps, alpha_bar_prev, sigma, draw_noise(batch))  # line 5: eq. 12, noise drawn at η = 0 too
+        z_fg = ddim_update(x0_fg, eps, alpha_bar_prev, sigma, draw_noise(batch))  # line 5: eq. 12; drawn at η = 0 too
         if callback is not None:
             callback(StepRecord(i, len(timesteps), t, sampler.previous_timestep(t), z_t, z_fg, x0_fg, z_bg, m, z_fg))
         z = z_fg

@@ -25,9 +25,9 @@ def rank(images, prompt: str, mask, clip_model: str = "ViT-B/16", *, ranker=None
     images: a list of PIL images, or an (N, 3, H, W) tensor in [−1, 1].
     mask: a path, PIL image, array or tensor at the images' size (another size is resized, nearest), 1 = edited,
         read by blend.images.read_mask.
-    clip_model: the CLIP model's name, "ViT-B/16" (default, the official code's), "ViT-L/14", "tiny" (random weights, for tests), or
-        a local model.safetensors of either; loaded by weights.clip_ranker.load_clip. Unused when
-        `ranker`, an already built clip.CLIPModel, is given.
+    clip_model: the CLIP model's name, "ViT-B/16" (default, the official code's), "ViT-L/14", "tiny" (random
+        weights, for tests), or a local model.safetensors of either; loaded by weights.clip_ranker.load_clip.
+        Unused when `ranker`, an already built clip.CLIPModel, is given.
     Returns (order, scores): order[k] is the index in `images` of the k-th best result and
     scores[k] its distance 1 − cos, so scores ascend. Equal scores keep the input order.
     """
@@ -35,7 +35,7 @@ def rank(images, prompt: str, mask, clip_model: str = "ViT-B/16", *, ranker=None
     pixel_mask = torch.from_numpy(read_mask(mask, (pixels.shape[-1], pixels.shape[-2])))  # (H, W) of 0/1
     masked = masked_result(pixels, pixel_mask)
     if ranker is None:               # after the inputs are checked: a bad mask fails before any download
-        from weights.clip_ranker import load_clip   # only ranking with a named model needs the loader
+        from weights.clip_ranker import load_clip  # only ranking with a named model needs the loader
         ranker = load_clip(clip_model)
     with torch.no_grad():
         distances = cosine_distance(ranker.image_embeddings(masked), ranker.text_embeddings([prompt]))[:, 0]

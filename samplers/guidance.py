@@ -28,7 +28,8 @@ def guided_model_output(unet, z_t: torch.Tensor, t, cond, uncond, guidance_scale
     cond, uncond = as_conditioning(cond), as_conditioning(uncond)
     if len(cond) != len(uncond):
         raise ValueError(f"cond and uncond must have the same number of tensors, got {len(cond)} and {len(uncond)}")
-    pairs = [torch.cat([u.expand(batch, *u.shape[1:]), c.expand(batch, *c.shape[1:])]) for u, c in zip(uncond, cond)]
+    pairs = [torch.cat([u.expand(batch, *u.shape[1:]), c.expand(batch, *c.shape[1:])])
+             for u, c in zip(uncond, cond, strict=True)]
     timesteps = torch.full((2 * batch,), int(t), device=z_t.device, dtype=torch.long)
     output = unet(torch.cat([z_t, z_t]), timesteps, *pairs)  # (2B, C, h, w)
     eps_uncond, eps_cond = output.chunk(2)

@@ -31,7 +31,8 @@ class NoiseSchedule:
 
     @classmethod
     def compvis_linear(cls, beta_start: float = 0.00085, beta_end: float = 0.012, num_train_timesteps: int = 1000):
-        """CompVis's "linear" schedule (`ldm.modules.diffusionmodules.util.make_beta_schedule`, `ddpm.register_schedule`).
+        """CompVis's "linear" schedule (`ldm.modules.diffusionmodules.util.make_beta_schedule`,
+        `ddpm.register_schedule`).
 
         The same β = linspace(√β_start, √β_end, T)² as `scaled_linear`, but β, ᾱ = cumprod(1 − β) and
         q_sample's √ᾱ and √(1 − ᾱ) are computed in float64 and stored as float32, so they differ from

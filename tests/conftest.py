@@ -11,10 +11,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from golden.precision import ERROR_SUFFIX, float32_draws, float32_error, golden_bound
 from safetensors import safe_open
 from safetensors.torch import load_file
-
-from golden.precision import ERROR_SUFFIX, float32_draws, float32_error, golden_bound
 
 GOLDEN = Path(__file__).parent / "golden" / "data"
 # The reference extra (setup.cfg) and open_clip_torch, which the Makefile installs beside it.

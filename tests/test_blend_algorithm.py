@@ -132,7 +132,7 @@ def test_blend_callback_records_every_step_and_changes_nothing(unet):
     assert torch.equal(plain, recorded)
     assert [r.index for r in records] == list(range(6)) and {r.num_steps for r in records} == {6}
     assert [r.t for r in records] == [int(t) for t in DDIMSampler(NoiseSchedule.scaled_linear(), 8).timesteps[2:]]
-    for before, after in zip(records, records[1:]):
+    for before, after in zip(records, records[1:], strict=False):
         assert torch.equal(after.z_t, before.z) and after.t == before.t_prev
     last = records[-1]
     assert torch.equal(last.z, recorded) and last.t_prev < 0 and torch.equal(last.z_bg, values["z_init"])

@@ -334,6 +334,7 @@ def test_cli_writes_into_a_hidden_folder_renamed_when_complete(tmp_path, monkeyp
 def tiny_ckpt(tmp_path):
     """A tiny-model .ckpt in a folder whose name needs quoting in a shell."""
     from safetensors.torch import load_file
+
     from weights import fakes, presets
     folder = tmp_path / "it's a folder"
     folder.mkdir()

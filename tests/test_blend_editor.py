@@ -163,7 +163,8 @@ def test_edit_reconstruction_lowers_background_error(tiny, photo, mode):
     keep = mask == 0
     plain = quick(photo, mask, tiny, size=16)[0]            # 16x16 working size: 75 optimiser steps stay quick
     reconstructed = quick(photo, mask, tiny, size=16, reconstruction=mode)[0]
-    error = lambda result: np.abs(np.asarray(result, dtype=np.float32) - np.asarray(photo))[keep].mean()
+    def error(result):
+        return np.abs(np.asarray(result, dtype=np.float32) - np.asarray(photo))[keep].mean()
     assert error(reconstructed) < 0.9 * error(plain)
 
 

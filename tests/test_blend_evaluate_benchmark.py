@@ -1,4 +1,4 @@
-"""python -m blend.evaluate make-benchmark (blend/evaluate/benchmark.py): deterministic, valid masks, never overwrites."""
+"""python -m blend.evaluate make-benchmark (blend/evaluate/benchmark.py): deterministic, valid masks, no overwrite."""
 import json
 import random
 

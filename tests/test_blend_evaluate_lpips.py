@@ -18,7 +18,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from blend.evaluate import LPIPS
 from blend.evaluate.lpips import HEADS_FILE, VGG16Taps, load_lpips
 from weights import NotAModelError, OfflineError, StateDictMismatchError, fakes, fill_random_
 from weights.vgg import HUB_FILES, expected_backbone_shapes, lpips_heads, lpips_name
@@ -129,7 +128,7 @@ def test_lpips_backbone_loads_a_timm_layout_file_renaming_features_to_slices(tmp
     published = load_file(str(path))
     assert lpips_name("features.5.weight") == "net.slice2.5.weight"
     assert lpips_name("features.28.bias") == "net.slice5.28.bias"
-    for key, shape in expected_backbone_shapes().items():
+    for key in expected_backbone_shapes():
         assert torch.equal(model.state_dict()[lpips_name(key)], published[key])
     assert list(VGG16Taps().state_dict()) == [lpips_name(k)[len("net."):] for k in expected_backbone_shapes()]
 

@@ -64,7 +64,7 @@ def painted(colours, size=(40, 60), box=(10, 20, 10, 20)):
     """Results that are grey except the box, painted with each colour (in [−1, 1])."""
     images = torch.zeros(len(colours), 3, *size) - 0.5
     top, left, h, w = box
-    for image, colour in zip(images, colours):
+    for image, colour in zip(images, colours, strict=True):
         image[:, top:top + h, left:left + w] = torch.tensor(colour, dtype=torch.float32)[:, None, None]
     return images
 
@@ -126,7 +126,7 @@ def test_diversity_is_zero_for_identical_results_and_grows_with_a_known_perturba
     noise = torch.randn(4, 3, 48, 48, generator=generator)
     assert diversity(lpips, base.repeat(4, 1, 1, 1), size=64) == 0
     values = [diversity(lpips, (base + scale * noise).clamp(-1, 1), size=64) for scale in (0.02, 0.05, 0.1, 0.2)]
-    assert all(a < b for a, b in zip(values, values[1:])), values
+    assert all(a < b for a, b in zip(values, values[1:], strict=False)), values
     pairs = pairwise_lpips(lpips, base.repeat(3, 1, 1, 1) + torch.tensor([0.0, 0.1, 0.3])[:, None, None, None])
     with torch.no_grad():
         assert pairs[0].item() == pytest.approx(lpips(base, base + 0.1).item(), rel=1e-5)   # (0, 1), (0, 2), (1, 2)

@@ -14,8 +14,7 @@ import torch
 from PIL import Image, ImageOps
 
 from blend.errors import EditInputError
-from blend.images import (image_to_tensor, images_to_tensor, mask_to_image, read_image, read_mask,
-                          tensor_to_image)
+from blend.images import image_to_tensor, images_to_tensor, mask_to_image, read_image, read_mask, tensor_to_image
 
 W, H = 12, 8
 ORIENTATION = 0x0112
@@ -215,8 +214,8 @@ def png_16_bit_rgb(levels: np.ndarray) -> bytes:
     """A PNG file (colour type 2, bit depth 16) holding (H, W, 3) uint16 levels, written chunk by chunk."""
     height, width, _ = levels.shape
     rows = b"".join(b"\x00" + row.astype(">u2").tobytes() for row in levels)    # filter 0 before each row
-    chunk = lambda kind, data: (struct.pack(">I", len(data)) + kind + data
-                                + struct.pack(">I", zlib.crc32(kind + data)))
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
     return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 16, 2, 0, 0, 0))
             + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
 

@@ -248,5 +248,5 @@ def test_edit_with_the_ldm_runs_the_paper_variant_on_compvis_uniform_timesteps(t
     mask[8:40, 8:40] = 255
     results = edit(image, Image.fromarray(mask), "a stone", model=small_ldm_components(tmp_path), steps=8,
                    num_samples=1, variant="paper", device="cpu", callback=records.append)
-    assert [r.t for r in records] == [626, 501, 376, 251, 126, 1]   # 8 uniform steps (876 … 1), int(8 · 0.25) = 2 skipped
+    assert [r.t for r in records] == [626, 501, 376, 251, 126, 1]   # 8 uniform steps (876 … 1), 2 skipped
     assert records[-1].t_prev < 0 and len(results) == 1 and results[0].size == (64, 64)

@@ -2,10 +2,10 @@
 import pytest
 import torch
 
-from blend import blended_latent_diffusion
 import weights
-from weights.toy import ToyDenoiser, ToyTextEncoder, ToyTokenizer
+from blend import blended_latent_diffusion
 from samplers import DDIMSampler, NoiseSchedule
+from weights.toy import ToyDenoiser, ToyTextEncoder, ToyTokenizer
 
 SIZE = 32  # the toy works at any size; its data is resized to the latent's
 

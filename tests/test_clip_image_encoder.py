@@ -11,13 +11,22 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import assert_matches_golden, in_float64, load_golden, max_relative_error
 from PIL import Image
 
-from clip import (CLIP_MEAN, CLIP_STD, IMAGE_CONFIGS, CLIPModel, ImageConfig, ImageEncoder, TextConfig, TextEncoder,
-                  preprocess)
+from clip import (
+    CLIP_MEAN,
+    CLIP_STD,
+    IMAGE_CONFIGS,
+    CLIPModel,
+    ImageConfig,
+    ImageEncoder,
+    TextConfig,
+    TextEncoder,
+    preprocess,
+)
 from clip.model import TEXT_CONFIGS
 from clip.preprocess import resize_bicubic
-from conftest import assert_matches_golden, in_float64, load_golden, max_relative_error
 from weights import fill_random_
 
 NAMES = {"rank_tiny": "tiny", "rank_vit_b16": "ViT-B/16", "rank_vit_l14": "ViT-L/14"}

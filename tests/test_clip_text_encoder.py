@@ -10,10 +10,10 @@ import dataclasses
 
 import pytest
 import torch
+from conftest import assert_matches_golden, in_float64, load_golden, max_relative_error
 
 from clip import TextConfig, TextEncoder
 from clip.tokenizer import BOS_ID, EOS_ID
-from conftest import assert_matches_golden, in_float64, load_golden, max_relative_error
 from weights import fill_random_, presets
 
 # The GPU fp16 tests compare fp16 CUDA outputs with the fp32 reference. fp16 has a unit

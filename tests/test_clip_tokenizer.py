@@ -19,11 +19,11 @@ import warnings
 
 import pytest
 import torch
+from conftest import load_golden
 
 from clip import Tokenizer
 from clip.tokenizer import BOS_ID, EOS_ID
 from weights.fakes import clip_vocab_files
-from conftest import load_golden
 
 # sha256 of the published tokenizer/vocab.json and tokenizer/merges.txt that SD 1 folders carry
 # (runwayml/stable-diffusion-v1-5, a copy of openai/clip-vit-large-patch14's; see fixtures_clip.py).
@@ -71,7 +71,7 @@ def mismatches(tokenizer, prompts, expected_ids, skip=()):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")          # the long prompts warn; that is tested on its own
         ours = tokenizer(prompts)
-    return [(p, a.tolist(), b.tolist()) for p, a, b in zip(prompts, ours, expected_ids)
+    return [(p, a.tolist(), b.tolist()) for p, a, b in zip(prompts, ours, expected_ids, strict=True)
             if p not in skip and not torch.equal(a, b)]
 
 
@@ -93,7 +93,7 @@ def test_sd1_token_ids_match_transformers_after_ftfy_like_the_sd1_stack(golden, 
 def test_listed_reference_differences_are_exactly_the_prompts_ftfy_changes(golden):
     """The list above is complete and every entry is real: the reference differs from itself there."""
     raw, fixed = golden["sd1_ids_transformers_raw"], golden["sd1_ids_transformers_ftfy"]
-    changed = {p for p, a, b in zip(golden["prompts"], raw, fixed) if not torch.equal(a, b)}
+    changed = {p for p, a, b in zip(golden["prompts"], raw, fixed, strict=True) if not torch.equal(a, b)}
     assert changed == set(FTFY_CHANGES)
 
 
@@ -168,10 +168,10 @@ def test_truncation_keeps_bos_75_tokens_eos_and_warns_how_many_were_dropped(styl
 
 def test_decode_matches_transformers_and_open_clip_on_the_corpus(golden, sd1, sd2):
     sd1_text = sd1.decode(golden["sd1_ids_transformers_ftfy"])
-    assert [t for t, e in zip(sd1_text, golden["sd1_decoded_transformers"]) if t != e] == []
+    assert [t for t, e in zip(sd1_text, golden["sd1_decoded_transformers"], strict=True) if t != e] == []
     sd2_text = sd2.decode(golden["sd2_ids_open_clip"])
     # open_clip leaves a trailing space after the last word end; transformers and we strip it
-    assert [t for t, e in zip(sd2_text, golden["sd2_decoded_open_clip"]) if t != e.strip()] == []
+    assert [t for t, e in zip(sd2_text, golden["sd2_decoded_open_clip"], strict=True) if t != e.strip()] == []
 
 
 def test_decode_returns_the_cleaned_text_and_can_keep_special_tokens(sd1, sd2):

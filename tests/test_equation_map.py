@@ -1,7 +1,8 @@
 """The README's equation map names real functions and real tests (so it cannot go stale).
 
-The table is read from README.md under the heading "## Equation map". In the "Computed by" and "Checked by" columns, a backticked `path.py`
-is followed by backticked names defined in that file: functions, classes or `Class.method`.
+The table is read from README.md under the heading "## Equation map". In the "Computed by" and "Checked by"
+columns, a backticked `path.py` is followed by backticked names defined in that file: functions, classes or
+`Class.method`.
 Functions are checked by importing their module; tests by parsing their file (nothing runs).
 """
 import ast
@@ -46,7 +47,7 @@ def read_table() -> tuple[Path, list[dict]]:
     if len(lines) < 3:
         pytest.fail(f"{path}: expected a markdown table under '{HEADING}', found {len(lines)} table lines")
     header = split_row(lines[0])
-    return path, [dict(zip(header, split_row(line))) for line in lines[2:]]
+    return path, [dict(zip(header, split_row(line), strict=False)) for line in lines[2:]]
 
 
 def references(cell: str) -> list[tuple[str, list[str]]]:

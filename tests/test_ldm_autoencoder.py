@@ -3,12 +3,12 @@ import copy
 
 import pytest
 import torch
+from conftest import assert_matches_golden, in_float64, load_golden, max_relative_error, run_in_float64
+from test_ldm_unet import random_model
 from torch import nn
 
-from conftest import assert_matches_golden, in_float64, load_golden, max_relative_error, run_in_float64
 from ldm import AutoencoderKL, DiagonalGaussian
 from ldm.autoencoder import Downsample
-from test_ldm_unet import random_model
 from weights import presets
 
 

@@ -8,8 +8,8 @@ import gc
 
 import pytest
 import torch
-
 from conftest import max_relative_error
+
 from ldm import BERTConfig, BERTTextEncoder
 from weights.diffusers_keys import ldm_bert_from_diffusers, ldm_bert_table
 from weights.random_init import fill_random_, random_tensor

@@ -2,9 +2,9 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import assert_matches_golden, in_float64, load_golden, max_relative_error, run_in_float64
 from torch import nn
 
-from conftest import assert_matches_golden, in_float64, load_golden, max_relative_error, run_in_float64
 from ldm import UNetConfig, UNetModel
 from ldm.attention import multi_head_attention
 from ldm.unet import timestep_embedding

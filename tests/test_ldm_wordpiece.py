@@ -92,7 +92,7 @@ def test_wordpiece_ids_equal_transformers_bert_tokenizer_zero_mismatches(vocabul
         warnings.simplefilter("ignore")
         actual = ours(CORPUS)
     mismatches = [(prompt[:30], a[a != e].tolist()[:5], e[a != e].tolist()[:5])
-                  for prompt, a, e in zip(CORPUS, actual, expected) if not torch.equal(a, e)]
+                  for prompt, a, e in zip(CORPUS, actual, expected, strict=True) if not torch.equal(a, e)]
     print(f"WordPiece vs transformers BertTokenizer: {len(mismatches)} mismatching prompts of {len(CORPUS)}, "
           f"{int((actual != expected).sum())} mismatching ids")
     assert not mismatches

@@ -1,4 +1,4 @@
-"""The repository's own promises: the declared packages and dependencies, CI runs the README (imports: test_import_graph)."""
+"""The repository's promises: the declared packages and dependencies, and CI runs the README's test command."""
 import configparser
 import re
 from pathlib import Path
@@ -12,10 +12,11 @@ def test_setup_cfg_declares_every_package_folder_and_only_the_allowed_runtime_de
     config = configparser.ConfigParser()
     config.read(ROOT / "setup.cfg")
     packages = {p.strip() for p in config["options"]["packages"].split(",")}
-    folders = {".".join(init.parent.relative_to(ROOT).parts) for top in PACKAGES for init in (ROOT / top).rglob("__init__.py")}
+    folders = {".".join(init.parent.relative_to(ROOT).parts)
+               for top in PACKAGES for init in (ROOT / top).rglob("__init__.py")}
     assert packages == folders and {p.split(".")[0] for p in packages} == set(PACKAGES)
-    requirements = {re.split(r"[<>=!~ \[]", line.strip())[0] for line in config["options"]["install_requires"].splitlines()
-                    if line.strip()}
+    requirements = {re.split(r"[<>=!~ \[]", line.strip())[0]
+                    for line in config["options"]["install_requires"].splitlines() if line.strip()}
     assert requirements == ALLOWED
 
 

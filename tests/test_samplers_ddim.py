@@ -1,10 +1,10 @@
 """DDIM (Song et al. 2021): timesteps, eq. 12, η, and parity with diffusers' DDIMScheduler."""
 import pytest
 import torch
-
 from conftest import load_golden
-from samplers import DDIMSampler, NoiseSchedule, ddim_sample, ddim_sigma, ddim_timesteps
 from golden.fixtures_samplers import CASES
+
+from samplers import DDIMSampler, NoiseSchedule, ddim_sample, ddim_sigma, ddim_timesteps
 
 SCHEDULE = NoiseSchedule.scaled_linear()
 
@@ -105,7 +105,7 @@ def test_ddim_step_matches_eq12_and_diffusers(name):
     """A whole trajectory against diffusers' stored one, within twice the float32 rounding bound above."""
     golden, sampler = load_golden("samplers_ddim"), sampler_for(name)
     for i, ((x, x0_pred), (bound_x0, bound_x)) in enumerate(zip(replay(sampler, golden, name),
-                                                                 rounding_bounds(golden, name, sampler))):
+                                                                 rounding_bounds(golden, name, sampler), strict=True)):
         for ours, stored, bound in ((x0_pred, golden[f"{name}.{i}.x0_pred"], bound_x0),
                                     (x, golden[f"{name}.{i}.x_prev"], bound_x)):
             excess = (ours.double() - stored.double()).abs() - 2 * bound

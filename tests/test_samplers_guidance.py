@@ -30,6 +30,7 @@ def test_guided_model_output_runs_uncond_then_cond_in_one_batch():
     cond, uncond = torch.full((1, 77, 16), 2.0), torch.zeros(1, 77, 16)
     guided = guided_model_output(unet, z, 981, cond, uncond, guidance_scale=7.5)
     assert unet.z.shape == (6, 4, 8, 8) and unet.context.shape == (6, 77, 16)
-    assert torch.equal(unet.context[:3], uncond.expand(3, -1, -1)) and torch.equal(unet.context[3:], cond.expand(3, -1, -1))
+    assert torch.equal(unet.context[:3], uncond.expand(3, -1, -1))
+    assert torch.equal(unet.context[3:], cond.expand(3, -1, -1))
     assert unet.timesteps.tolist() == [981] * 6 and unet.timesteps.dtype == torch.long
     torch.testing.assert_close(guided, z + 7.5 * 2.0)

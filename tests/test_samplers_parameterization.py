@@ -2,8 +2,15 @@
 import pytest
 import torch
 
-from samplers import (NoiseSchedule, predict_eps_from_v, predict_eps_from_x0, predict_x0_from_eps, predict_x0_from_v,
-                      v_from_eps_and_x0, x0_and_eps)
+from samplers import (
+    NoiseSchedule,
+    predict_eps_from_v,
+    predict_eps_from_x0,
+    predict_x0_from_eps,
+    predict_x0_from_v,
+    v_from_eps_and_x0,
+    x0_and_eps,
+)
 
 SCHEDULE = NoiseSchedule.scaled_linear()
 TIMESTEPS = [0, 1, 20, 500, 981, 999]
@@ -21,13 +28,15 @@ def _draw(t):
 @pytest.mark.parametrize("t", TIMESTEPS)
 def test_x0_from_eps_recovers_z0_exactly_given_the_true_noise(t):
     z0, eps, alpha_bar, z_t = _draw(t)
-    torch.testing.assert_close(predict_x0_from_eps(z_t, eps, alpha_bar), z0, rtol=0, atol=1e-9 / alpha_bar.sqrt().item())
+    torch.testing.assert_close(predict_x0_from_eps(z_t, eps, alpha_bar), z0, rtol=0,
+                               atol=1e-9 / alpha_bar.sqrt().item())
 
 
 @pytest.mark.parametrize("t", TIMESTEPS)
 def test_eps_from_x0_recovers_the_true_noise(t):
     z0, eps, alpha_bar, z_t = _draw(t)
-    torch.testing.assert_close(predict_eps_from_x0(z_t, z0, alpha_bar), eps, rtol=0, atol=1e-9 / (1 - alpha_bar).sqrt().item())
+    torch.testing.assert_close(predict_eps_from_x0(z_t, z0, alpha_bar), eps, rtol=0,
+                               atol=1e-9 / (1 - alpha_bar).sqrt().item())
 
 
 @pytest.mark.parametrize("t", TIMESTEPS)

@@ -6,9 +6,9 @@ import json
 
 import pytest
 import torch
+from conftest import max_relative_error
 
 import weights
-from conftest import max_relative_error
 from weights import diffusers_keys, fakes, fill_random_, presets
 from weights.materialize import build_empty
 

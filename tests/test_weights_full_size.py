@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors import safe_open
+from test_weights_load import linux_only, mapped_files
 
 import weights
 from weights import fakes, presets, single_file
-from test_weights_load import linux_only, mapped_files
 
 pytestmark = [pytest.mark.slow, linux_only]
 
@@ -47,7 +47,7 @@ def test_full_size_sd21_single_file_loads_memory_mapped_with_preset_facts_and_ev
         prefixes = {"unet": single_file.UNET_PREFIX, "vae": single_file.VAE_PREFIX,
                     "text_encoder": single_file.TEXT_PREFIXES["sd2"]}
         count = 0
-        for part, prefix in prefixes.items():
+        for part in prefixes:
             for name, tensor in getattr(loaded, part).state_dict().items():
                 assert tensor.dtype == torch.float16
                 assert any(start <= tensor.data_ptr() < end for start, end in spans), name

@@ -18,11 +18,11 @@ import huggingface_hub
 import pytest
 import torch
 from huggingface_hub import constants
+from test_weights_load import TINY, TINY_SD2, assert_same_outputs, file_holding, linux_only, source_modules
 
 import weights
 from weights import fakes, presets
 from weights.errors import SourcesUnavailableError
-from test_weights_load import TINY, TINY_SD2, assert_same_outputs, file_holding, linux_only, source_modules
 
 ROOT = Path(__file__).resolve().parent.parent
 # What each preset's fake repository holds: the tiny stand-in of its architecture.

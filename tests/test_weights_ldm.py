@@ -23,7 +23,8 @@ from weights.single_file import UNET_PREFIX, VAE_PREFIX
 
 NAME = "ldm-txt2img-f8-large"
 MIRROR, PORT = "omriav/blended-latent-diffusion-ldm", "CompVis/ldm-text2im-large-256"
-VOCABULARY = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "cat", "stone", "##s", "."] + [f"w{i}" for i in range(54)]
+VOCABULARY = (["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "cat", "stone", "##s", "."]
+              + [f"w{i}" for i in range(54)])
 
 
 @pytest.fixture
@@ -197,6 +198,7 @@ def test_ldm_unet_parity_context_1280_fp32_against_diffusers_through_its_ldm_con
     import gc
 
     from golden.fixtures_ldm import random_model, reference_unet
+
     from ldm import UNetModel
 
     config = presets.get(NAME).unet

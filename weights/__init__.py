@@ -1,11 +1,19 @@
 """Model presets, deterministic random weights, and checkpoint loading (`weights.load`, see weights/LOADING.md)."""
 from . import presets
-from .random_init import fill_random_, random_state_dict, random_tensor
-from .errors import (CorruptFileError, NotAModelError, OfflineError, PickleRefusedError, StateDictMismatchError,
-                     UnknownSourceError, UnsupportedModelError, WeightsError)
-from .load import MODEL_NAMES, Components, load, spec_of
 from .clip_ranker import load_clip
+from .errors import (
+                     CorruptFileError,
+                     NotAModelError,
+                     OfflineError,
+                     PickleRefusedError,
+                     StateDictMismatchError,
+                     UnknownSourceError,
+                     UnsupportedModelError,
+                     WeightsError,
+)
+from .load import MODEL_NAMES, Components, load, spec_of
 from .pickle_checkpoint import convert_checkpoint
+from .random_init import fill_random_, random_state_dict, random_tensor
 
 __all__ = ["presets", "fill_random_", "random_state_dict", "random_tensor", "load", "Components", "MODEL_NAMES",
            "spec_of", "load_clip",

@@ -85,8 +85,13 @@ def lpips_heads(path: str | Path) -> dict:
 def download(name: str) -> Path:
     """The local path of `name`'s published file, from the Hugging Face cache or the Hub."""
     from huggingface_hub import constants, hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError, GatedRepoError, HfHubHTTPError, \
-        LocalEntryNotFoundError, RepositoryNotFoundError
+    from huggingface_hub.errors import (
+        EntryNotFoundError,
+        GatedRepoError,
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+    )
 
     repo, filename, size = HUB_FILES[name]
     try:

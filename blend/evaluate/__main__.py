@@ -73,7 +73,8 @@ def evaluate_main(argv) -> int:
                         help=f"side the crops are resized to for LPIPS ({LPIPS_SIZE}; 0 keeps them as they are)")
     parser.add_argument("--rank", nargs="?", const="ViT-B/16", default=None, metavar="CLIP",
                         help="rank the results of inputs that have no ranking.txt, for best-result precision: "
-                             "CLIP ViT-B/16 (default, as python -m blend --rank), ViT-L/14, tiny or a model.safetensors")
+                             "CLIP ViT-B/16 (default, as python -m blend --rank), ViT-L/14, tiny or a "
+                             "model.safetensors")
     parser.add_argument("--allow-missing", action="store_true", help="score the ids that have results, skip the rest")
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)

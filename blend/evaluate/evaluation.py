@@ -140,7 +140,8 @@ def score_input(item: Input, files: list, judge, lpips, *, padding: float, lpips
     mask = torch.from_numpy(read_mask(item.mask, images[0].size))                 # (H, W), 1 = edited
     box = crop_box(mask, padding)
     scores = judge.scores(results, box, mask)                                     # (N, C)
-    top1, top5 = hits(scores, judge.class_names, item.class_name, 1), hits(scores, judge.class_names, item.class_name, 5)
+    top1 = hits(scores, judge.class_names, item.class_name, 1)
+    top5 = hits(scores, judge.class_names, item.class_name, 5)
     names = [path.name for path in files]
     best, ranked_by = best_result(files[0].parent), "ranking.txt"
     if best is None and ranker is not None:        # rank here, as python -m blend --rank does (paper §4.4)
@@ -194,7 +195,8 @@ def evaluate(results_dirs, manifest, *, names=None, judge: str = DEFAULT_JUDGE, 
     if lpips_model is None and lpips not in ("vgg16", "random") and not Path(lpips).is_file():
         raise EvaluationError(f"--lpips {lpips!r}: expected vgg16, random or an existing VGG16 .safetensors file")
     if rank is not None and rank not in CLIP_NAMES and not Path(rank).is_file():
-        raise EvaluationError(f"--rank {rank!r}: expected {', '.join(CLIP_NAMES)} or an existing CLIP model.safetensors")
+        raise EvaluationError(f"--rank {rank!r}: expected {', '.join(CLIP_NAMES)} "
+                              "or an existing CLIP model.safetensors")
     classes = judge_model.class_names if judge_model is not None else judge_classes(judge, class_names)
     inputs = read_inputs(manifest, classes)
     found = check_folders(results_dirs, inputs, allow_missing)
@@ -205,7 +207,7 @@ def evaluate(results_dirs, manifest, *, names=None, judge: str = DEFAULT_JUDGE, 
         from weights.clip_ranker import load_clip
         ranker = load_clip(rank, device=device)
     runs = []
-    for name, folder in zip(names, results_dirs):
+    for name, folder in zip(names, results_dirs, strict=True):
         per_input = [score_input(item, found[folder][item.id], judge_model, lpips_model, padding=padding,
                                  lpips_size=lpips_size, ranker=ranker) for item in inputs if item.id in found[folder]]
         runs.append(summarise(name, folder, per_input))

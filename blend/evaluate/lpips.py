@@ -127,7 +127,7 @@ class LPIPS(nn.Module):
     def distance(self, features_x: list, features_y: list) -> torch.Tensor:
         """Σ_l mean_{h,w} lin_l((f̂_l(x) − f̂_l(y))²): (B,) distances from two lists of taps."""
         total = 0
-        for index, (fx, fy) in enumerate(zip(features_x, features_y)):
+        for index, (fx, fy) in enumerate(zip(features_x, features_y, strict=True)):
             head = getattr(self, f"lin{index}")
             total = total + head((fx - fy) ** 2).mean(dim=(2, 3))          # (B, 1): the spatial mean
         return total[:, 0]

@@ -35,8 +35,8 @@ References and how they are reached here:
      block 23 and `text_projection` (SD_2_TEXT_ENCODER_KEYS_TO_IGNORE) and loads a
      23-layer model. That ignore list names block 23 literally, so at tiny size the
      last block is dropped here by the same rule, explicitly.
-  2. open_clip's own `CLIP` (the class SD 2's FrozenOpenCLIPEmbedder wraps), built
-     with a minimal image tower whose `visual.*` keys are left out. This is the source of the published key names, and it
+  2. open_clip's own `CLIP` (the class SD 2's FrozenOpenCLIPEmbedder wraps), built with a minimal
+     image tower whose `visual.*` keys are left out. This is the source of the published key names, and it
      checks the fused [q; k; v] order and the `text_projection` orientation
      independently of diffusers. **Importing the open_clip package needs torchvision:
      `_open_clip_package` puts a stub torchvision in `sys.modules` for the duration of
@@ -93,7 +93,8 @@ CORPUS = [
     "cafÃ© mojibake", "ＡＢＣ１２３ full width", "ﬁne ﬂour ligatures", "a\x00b\x07c control",
     "\x1b[31mred\x1b[0m text",
     # whitespace runs and exotic spaces
-    "a   cat\t\ton\n\na mat", "   leading and trailing   ", "non\u00a0breaking\u3000ideographic\u2003em", "zero\u200bwidth",
+    "a   cat\t\ton\n\na mat", "   leading and trailing   ", "non\u00a0breaking\u3000ideographic\u2003em",
+    "zero\u200bwidth",
     # the empty prompt (SD's unconditional prompt) and blank ones
     "", "   ", "\n\t",
     # special tokens spelled out in the prompt
@@ -297,7 +298,7 @@ def clip_sd1_full(dtype=torch.float32):
 
 def _open_clip_model(config: TextConfig, on_meta: bool = False):
     """open_clip's CLIP with this text tower and a minimal image tower (whose keys are dropped)."""
-    open_clip = _open_clip_package()
+    _open_clip_package()      # the package, checked first (its version and extra)
     from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
     text_cfg = CLIPTextCfg(context_length=config.context_length, vocab_size=config.vocab_size, width=config.width,
                            heads=config.heads, layers=config.layers)

@@ -18,8 +18,11 @@ The tests import `reference_unet` and `reference_vae` from here (GPU tests, at t
 import torch
 from diffusers import AutoencoderKL as DiffusersAutoencoderKL
 from diffusers import UNet2DConditionModel
-from diffusers.loaders.single_file_utils import (DIFFUSERS_TO_LDM_MAPPING, convert_ldm_unet_checkpoint,
-                                                 convert_ldm_vae_checkpoint)
+from diffusers.loaders.single_file_utils import (
+    DIFFUSERS_TO_LDM_MAPPING,
+    convert_ldm_unet_checkpoint,
+    convert_ldm_vae_checkpoint,
+)
 
 from ldm import AutoencoderConfig, AutoencoderKL, UNetConfig, UNetModel
 from weights import fill_random_, presets

@@ -27,14 +27,13 @@ machines' own measured errors (see precision.py for the derivation). The measure
 are not compared: they are properties of the machine that measured them.
 """
 import argparse
-import json
 import importlib.util
+import inspect
+import json
 import sys
 import time
 from importlib import metadata
 from pathlib import Path
-
-import inspect
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -45,6 +44,7 @@ sys.path.insert(0, str(HERE.parent.parent))  # the repository root, for `weights
 sys.path.insert(0, str(HERE))                # precision.py
 
 from precision import ERROR_SUFFIX, add_float32_errors, float32_draws, golden_bound  # noqa: E402
+
 REFERENCES = ("torch", "diffusers", "transformers", "open_clip_torch")
 
 
@@ -97,7 +97,8 @@ def stored_documents(path: Path) -> dict:
 def compare(name: str, new: dict, old: dict) -> list:
     problems = []
     if set(new) != set(old):
-        problems.append(f"{name}: keys differ: only new {sorted(set(new) - set(old))}, only stored {sorted(set(old) - set(new))}")
+        problems.append(f"{name}: keys differ: only new {sorted(set(new) - set(old))}, "
+                        f"only stored {sorted(set(old) - set(new))}")
     for key in sorted(set(new) & set(old)):
         a, b = new[key], old[key]
         if key.endswith(ERROR_SUFFIX):
