@@ -31,6 +31,7 @@ from PIL import Image
 import weights
 from ldm.unet import vector_conditioning
 from samplers import DDIMSampler, EulerSampler
+from weights.load import load_vae
 
 from .algorithm import blended_latent_diffusion
 from .errors import EditInputError
@@ -66,7 +67,7 @@ def working_size(image_size: tuple, long_side: int, multiple: int = 64) -> tuple
 def edit(image, mask, prompt: str, *, model="sd-2.1-base", steps: int = 50, guidance_scale: float | None = None,
          start: float = 0.25, num_samples: int = 4, seed: int = 42, variant: str = "paper", shrink=False,
          reconstruction: str = "none", dtype=None, device: str | None = None, size: int | None = None,
-         callback=None, rank: str | None = None, ranker=None) -> list:
+         callback=None, rank: str | None = None, ranker=None, vae=None) -> list:
     """Edit `image` inside `mask` (white = edit) towards `prompt`; returns `num_samples` PIL images.
 
     model: "toy" (offline, exact; weights/toy.py), "tiny" (random weights: noise by design), a
@@ -78,11 +79,14 @@ def edit(image, mask, prompt: str, *, model="sd-2.1-base", steps: int = 50, guid
     `ranker`, a built clip.CLIPModel: the results come back best first (§4.4, blend.rank), each
     with `info["sample"]` (its index before ranking) and `info["clip_distance"]`.
     callback(blend.StepRecord) is called after every step of the loop (progress, previews).
+    vae: a replacement autoencoder, "fp16-fix" (SDXL's fine-tuned VAE, which decodes in float16 without
+    overflow), a diffusers vae/ folder (weights.load.load_vae) or a loaded one; by default the model's own, whose float16
+    decoder runs in float32 inside.
     Same seed, same output on the same device.
     """
     problem = option_problem(steps=steps, start=start, guidance_scale=guidance_scale, num_samples=num_samples,
                              seed=seed, size=size, device=device, variant=variant, reconstruction=reconstruction,
-                             model=model, rank=rank)
+                             model=model, rank=rank, vae=vae)
     if problem:  # before any model is loaded (blend/options.py has the ranges)
         raise EditInputError(problem)
     warn_if_large(size)
@@ -100,6 +104,9 @@ def edit(image, mask, prompt: str, *, model="sd-2.1-base", steps: int = 50, guid
             raise EditInputError(f"the {spec.name} model's decoder has no weights to fine-tune; "
                                  "use reconstruction 'latent' or 'pixel'") from None
     model_dtype = next(iter(components.unet.state_dict().values())).dtype
+    if vae is not None:               # e.g. SDXL's fp16-fix: float16 decoding without the float32 detour
+        components = copy.copy(components)
+        components.vae = load_vae(vae, dtype=model_dtype, device=device) if isinstance(vae, (str, Path)) else vae
 
     # The working size and the tensors: x in [−1, 1], (1, 3, H, W); the pixel mask (1, 1, H, W).
     size_wh = working_size(source.size, size or spec.image_size, size_multiple_of(components))
@@ -127,7 +134,7 @@ def edit(image, mask, prompt: str, *, model="sd-2.1-base", steps: int = 50, guid
                                  cond, uncond, guidance_scale=guidance_scale, start=start, generator=generator,
                                  variant=variant, shrink=shrink, callback=callback)      # lines 3–8
     z = z / spec.scale_factor
-    edited = _decode(components.vae, z)                                                  # line 9
+    edited = _decode(components.vae, z, upcast_fp16=vae is None)                         # line 9
     if reconstruction == "decoder":
         edited = finetune_decoder(components.vae, z, edited, x, m_pixel)
     elif reconstruction == "latent":
@@ -229,11 +236,12 @@ def sdxl_default_dtype(model, device) -> torch.dtype | None:
     return torch.bfloat16
 
 
-def _decode(vae, z: torch.Tensor) -> torch.Tensor:
-    """D(z), one latent at a time; an fp16 decode that overflows is redone in fp32 (docs/CONVENTIONS.md)."""
+def _decode(vae, z: torch.Tensor, upcast_fp16: bool = True) -> torch.Tensor:
+    """D(z), one latent at a time; an fp16 decode that overflows is redone in fp32 (docs/CONVENTIONS.md).
+    upcast_fp16=False decodes float16 in float16 (a VAE made for it, SDXL's fp16-fix)."""
     rows = []
     for row in z.split(1):
-        decoded = vae.decode(row)
+        decoded = vae.decode(row) if upcast_fp16 else vae.decode(row, upcast_fp16=False)
         if not torch.isfinite(decoded).all():
             decoded = copy.deepcopy(vae).float().decode(row.float())
         rows.append(decoded.float())

@@ -50,7 +50,7 @@ CLI_FLAGS = {"num_samples": "--samples", "guidance_scale": "--guidance"}
 
 def option_problem(*, steps=50, start=0.25, guidance_scale=None, num_samples=1, seed=42, size=None, device=None,
                    variant="paper", reconstruction="none", model="toy", rank=None, cli=False,
-                   manifest=False) -> str | None:
+                   manifest=False, vae=None) -> str | None:
     """The first option out of its range, as one sentence naming the option as the caller spelled it."""
     def named(option: str, value) -> str:  # "--steps 1001" for the CLI, "steps=1001" for Python
         flag = CLI_FLAGS.get(option, '--' + option.replace('_', '-'))
@@ -68,6 +68,9 @@ def option_problem(*, steps=50, start=0.25, guidance_scale=None, num_samples=1, 
             and getattr(spec_of(model), "text_2", None) is None:
         return (f"{named('variant', variant)}: the official SDXL script's loop needs an SDXL model "
                 f"({'--model' if cli else 'model='} sdxl-base-1.0 or an SDXL file), not {model!r}")
+    if isinstance(vae, (str, Path)) and vae != "fp16-fix" and not Path(vae).expanduser().is_dir():
+        return (f"{named('vae', vae)}: expected 'fp16-fix' (madebyollin/sdxl-vae-fp16-fix) or an existing diffusers "
+                f"vae/ folder (config.json + diffusion_pytorch_model.safetensors)")
     for option, value, low in (("steps", steps, 1), ("num_samples", num_samples, 1), ("seed", seed, 0)):
         if not _is_integer(value):
             return f"{named(option, value)}: expected a whole number"

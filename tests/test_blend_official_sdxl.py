@@ -203,3 +203,5 @@ def test_cli_edits_with_an_sdxl_file_and_the_official_sdxl_variant(tmp_path, mon
     assert main(["--model", "sd-1.5", "--variant", "official-sdxl", "--out", str(tmp_path / "other")]) == 2
     assert "needs an SDXL model (--model sdxl-base-1.0" in capsys.readouterr().err
     assert not (tmp_path / "other").exists()
+    assert main(["--model", "tiny", "--vae", str(tmp_path / "no-vae"), "--out", str(tmp_path / "other")]) == 2
+    assert "--vae" in capsys.readouterr().err and not (tmp_path / "other").exists()

@@ -188,3 +188,66 @@ def test_sdxl_folder_whose_unet_does_not_attend_to_both_towers_is_refused(tmp_pa
     files["unet/config.json"] = json.dumps(dict(config, cross_attention_dim=16)).encode()
     with pytest.raises(UnsupportedModelError, match="attends to both towers"):
         weights.load(write_files(tmp_path / "sdxl", files))
+
+
+# ----------------------------------------------------------------------------- the fp16-fix VAE
+def fp16_fix_files(spec=SMALL) -> tuple[dict, dict]:
+    """madebyollin/sdxl-vae-fp16-fix's layout: a diffusers AutoencoderKL folder at the repository's root."""
+    import json
+
+    from weights import diffusers_keys as keys
+    with torch.device("meta"):
+        shapes = {k: v.shape for k, v in spec.build_vae().state_dict().items()}
+    ours = {k: random_tensor(k, s, seed=99) for k, s in shapes.items()}
+    config = dict(fakes.vae_config(spec), scaling_factor=0.13025, force_upcast=False)
+    return {"config.json": json.dumps(config).encode(),
+            "diffusion_pytorch_model.safetensors": keys.vae_to_diffusers(ours, spec.vae)}, ours
+
+
+def test_fp16_fix_vae_loads_from_the_hub_cache_offline(offline_cache):
+    from weights.load import FP16_FIX_VAE_REPO, load_vae
+    files, ours = fp16_fix_files()
+    fakes.write_hub_cache(offline_cache, FP16_FIX_VAE_REPO, files)
+    vae = load_vae("fp16-fix", dtype=torch.float16)
+    state = vae.state_dict()
+    assert all(torch.equal(state[k].reshape(v.shape), v.half()) for k, v in ours.items())
+    assert vae.config == SMALL.vae
+
+
+def test_fp16_fix_vae_offline_with_an_empty_cache_names_the_command(offline_cache):
+    from weights.load import load_vae
+    with pytest.raises(weights.errors.OfflineError, match="hf download madebyollin/sdxl-vae-fp16-fix config.json"):
+        load_vae("fp16-fix")
+
+
+def test_edit_with_the_fp16_fix_vae_decodes_with_it_without_the_float32_detour(tmp_path, offline_cache,
+                                                                               small_sdxl_preset, monkeypatch):
+    import numpy as np
+    from PIL import Image
+
+    from blend import edit
+    from ldm import AutoencoderKL
+    from weights.load import FP16_FIX_VAE_REPO
+    files, _ = fp16_fix_files()
+    fakes.write_hub_cache(offline_cache, FP16_FIX_VAE_REPO, files)
+    path = tmp_path / "sd_xl_base_1.0.safetensors"
+    save_file(sdxl_file_tensors(), str(path))
+    components = weights.load(path)
+    calls = []
+    decode = AutoencoderKL.decode
+
+    def spy(self, z, upcast_fp16=True):
+        calls.append((self is components.vae, upcast_fp16))
+        return decode(self, z, upcast_fp16)
+
+    monkeypatch.setattr(AutoencoderKL, "decode", spy)
+    image = Image.fromarray((np.random.default_rng(0).random((32, 64, 3)) * 255).astype(np.uint8))
+    mask = np.zeros((32, 64), dtype=np.uint8)
+    mask[8:24, 8:40] = 255
+    options = dict(model=components, steps=4, num_samples=1, size=64, device="cpu")
+    fixed = edit(image, Image.fromarray(mask), "a cat", vae="fp16-fix", **options)
+    assert calls == [(False, False)]                         # the fp16-fix VAE, in its own precision
+    calls.clear()
+    own = edit(image, Image.fromarray(mask), "a cat", **options)
+    assert calls == [(True, True)]                           # the model's own, float16 upcast inside
+    assert np.abs(np.asarray(fixed[0], float) - np.asarray(own[0], float)).max() > 0

@@ -98,6 +98,28 @@ def fetch_single_file(spec) -> Path:
     raise type(error)(message, error.attempts)
 
 
+def fetch_files(repo: str, files: list[str]) -> Path:
+    """The snapshot folder of `repo` holding `files`, from the cache or else the Hub (one repository, no
+    alternatives: used for SDXL's fp16-fix VAE). Raises OfflineError or SourcesUnavailableError with the
+    `hf download` command."""
+    from huggingface_hub import constants
+    failures = []
+    for local_only in [True] if constants.HF_HUB_OFFLINE else [True, False]:
+        try:
+            folder = snapshot(repo, files, local_only)
+            missing = [f for f in files if not (folder / f).is_file()]
+            if not missing:
+                return folder
+            raise Unusable("absent" if local_only else "incomplete", f"lacks {', '.join(missing)}")
+        except Unusable as failure:
+            failures.append(failure)
+    final = failures[-1].kind in FINAL_ANSWERS
+    error = SourcesUnavailableError if final and not constants.HF_HUB_OFFLINE else OfflineError
+    raise error(f"could not get {', '.join(files)} from {repo}: {'; '.join(f.answer for f in failures)}. On a machine "
+                f"with network run `hf download {repo} {' '.join(files)}` and copy its cache (HF_HOME) here, or "
+                f"download with --local-dir DIR and pass DIR.", [(repo, failures[-1].answer)])
+
+
 def complete_snapshot(repo: str, fp16: bool, local_only: bool) -> Path:
     """`repo`'s snapshot folder if it holds every file `fetch` needs; else Unusable says what it lacks."""
     wanted = [*CONFIG_FILES, *weight_files(fp16)]

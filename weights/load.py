@@ -132,6 +132,26 @@ def load_single_file(path: Path, tensors: dict, *, dtype, device, prediction_typ
     return Components(unet, vae, text_encoder, spec.build_tokenizer(), spec, text_encoder_2, spec.build_tokenizer_2())
 
 
+FP16_FIX_VAE_REPO = "madebyollin/sdxl-vae-fp16-fix"
+VAE_FILES = ("config.json", "diffusion_pytorch_model.safetensors")
+
+
+def load_vae(source: str | Path, *, dtype: torch.dtype | None = None, device: str | torch.device = "cpu") -> AutoencoderKL:
+    """A replacement autoencoder: "fp16-fix" (madebyollin/sdxl-vae-fp16-fix, SDXL's VAE fine-tuned so that its
+    float16 activations stay in range, so it decodes in float16 without NaN; from the Hub cache, else the Hub),
+    or a diffusers `vae/` folder (config.json + diffusion_pytorch_model.safetensors)."""
+    from .diffusers_folder import read_json
+    from . import diffusers_keys as keys
+    folder = hub.fetch_files(FP16_FIX_VAE_REPO, list(VAE_FILES)) if source == "fp16-fix" else Path(source).expanduser()
+    config_file, file = (folder / name for name in VAE_FILES)
+    if not file.is_file():
+        raise NotAModelError(f"{folder}: not an autoencoder folder; expected {' and '.join(VAE_FILES)}")
+    config = keys.vae_config_from_diffusers(read_json(config_file), config_file)
+    tensors = keys.vae_from_diffusers(dict(open_safetensors(file)), config)
+    return assign_weights(build_empty(lambda: AutoencoderKL(config)), tensors, file=file, part="vae",
+                          dtype=dtype or torch.float32, device=torch.device(device))
+
+
 def load_tiny(*, dtype, device, prediction_type) -> Components:
     """The "tiny" preset with deterministic random weights (`fill_random_`, seeds TINY_MODEL_SEEDS)."""
     spec = presets.get("tiny")
