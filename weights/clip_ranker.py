@@ -25,7 +25,8 @@ import torch
 from clip import CLIP_NAMES, IMAGE_CONFIGS, CLIPModel, ImageEncoder, TextEncoder
 from clip.model import TEXT_CONFIGS
 
-from .errors import NotAModelError, OfflineError, StateDictMismatchError, UnknownSourceError, WeightsError
+from .errors import NotAModelError, StateDictMismatchError, UnknownSourceError
+from .hub import download_file
 from .materialize import assign_weights, build_empty, open_safetensors
 from .random_init import fill_random_
 
@@ -109,39 +110,10 @@ def detect_architecture(parts: dict, file) -> str:
 
 def download(name: str) -> Path:
     """The local path of `name`'s published file, from the Hugging Face cache or the Hub."""
-    from huggingface_hub import constants, hf_hub_download
-    from huggingface_hub.errors import (
-        EntryNotFoundError,
-        GatedRepoError,
-        HfHubHTTPError,
-        LocalEntryNotFoundError,
-        RepositoryNotFoundError,
-    )
-
     repo, filename, size = HUB_FILES[name]
-    try:
-        return Path(hf_hub_download(repo, filename))
-    except LocalEntryNotFoundError as error:
-        if constants.HF_HUB_OFFLINE:
-            reason = "HF_HUB_OFFLINE is set, so nothing is downloaded"
-        else:
-            reason = f"the Hub could not be reached ({str(error).splitlines()[0]})"
-        raise OfflineError(
-            f"could not get {filename} of {repo} (CLIP {name}, {size}), used to rank the results: {reason}, and "
-            f"the Hugging Face cache at {constants.HF_HUB_CACHE} does not hold it.\n"
-            f"To fix it, either:\n"
-            f"  - on a machine with network, run `hf download {repo} {filename}` and copy its cache "
-            f"directory (HF_HOME) here; or\n"
-            f"  - run `hf download {repo} {filename} --local-dir DIR` and pass the file itself: "
-            f"blend.rank(..., clip_model='DIR/{filename}'); or\n"
-            f"  - rank with another model you have, or do not rank.") from None
-    except (RepositoryNotFoundError, GatedRepoError, EntryNotFoundError) as error:
-        raise WeightsError(f"{filename} of the Hub repository {repo} (CLIP {name}) could not be opened "
-                           f"({type(error).__name__}). If it moved, download a transformers CLIPModel "
-                           f"model.safetensors of CLIP {name} yourself and pass its path.") from None
-    except HfHubHTTPError as error:
-        raise WeightsError(f"downloading {filename} of {repo} failed: {error}. Retry later, or pass a local "
-                           f"path.") from None
+    return download_file(repo, filename, what=f"CLIP {name}, used to rank the results", size=size,
+                         pass_it=f"blend.rank(..., clip_model='DIR/{filename}')",
+                         otherwise="rank with another model you have, or do not rank")
 
 
 def _shapes(module) -> dict:

@@ -31,7 +31,7 @@ Published layout (checked against the repositories' file listings; see weights/L
 """
 from pathlib import Path
 
-from .errors import OfflineError, SourcesUnavailableError
+from .errors import OfflineError, SourcesUnavailableError, WeightsError
 
 CONFIG_FILES = ("model_index.json", "scheduler/scheduler_config.json", "unet/config.json", "vae/config.json",
                 "text_encoder/config.json", "tokenizer/vocab.json", "tokenizer/merges.txt",
@@ -142,8 +142,12 @@ def complete_snapshot(repo: str, fp16: bool, local_only: bool) -> Path:
 def snapshot(repo: str, files: list[str], local_only: bool) -> Path:
     """snapshot_download of `files`, with each way it can fail turned into an Unusable answer."""
     from huggingface_hub import constants, snapshot_download
-    from huggingface_hub.errors import HfHubHTTPError, IncompleteSnapshotError, LocalEntryNotFoundError, \
-        RepositoryNotFoundError
+    from huggingface_hub.errors import (
+        HfHubHTTPError,
+        IncompleteSnapshotError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+    )
 
     try:
         return Path(snapshot_download(repo, allow_patterns=list(files), local_files_only=local_only))
@@ -193,3 +197,43 @@ def unavailable(spec, answers: dict, fp16: bool) -> SourcesUnavailableError:
         f"weights.load('DIR'); or",
         f"  - load a single-file checkpoint you have: weights.load('path/to/{spec.single_file}')."]
     return (OfflineError if offline else SourcesUnavailableError)("\n".join(lines), attempts)
+
+
+def download_file(repo: str, filename: str, *, what: str, size: str, pass_it: str, otherwise: str) -> Path:
+    """The local path of one published file, from the Hugging Face cache or the Hub, or one paragraph saying why not.
+
+    what: what the file is and what it is for ("CLIP ViT-B/16, used to rank the results"); pass_it: how to
+    give a downloaded copy instead ("blend.rank(..., clip_model='DIR/model.safetensors')"); otherwise: the
+    last way out ("rank with another model you have, or do not rank").
+    """
+    from huggingface_hub import constants, hf_hub_download
+    from huggingface_hub.errors import (
+        EntryNotFoundError,
+        GatedRepoError,
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+    )
+
+    try:
+        return Path(hf_hub_download(repo, filename))
+    except LocalEntryNotFoundError as error:
+        if constants.HF_HUB_OFFLINE:
+            reason = "HF_HUB_OFFLINE is set, so nothing is downloaded"
+        else:
+            reason = f"the Hub could not be reached ({str(error).splitlines()[0]})"
+        raise OfflineError(
+            f"could not get {filename} of {repo} ({what}, {size}): {reason}, and the Hugging Face cache at "
+            f"{constants.HF_HUB_CACHE} does not hold it.\n"
+            f"To fix it, either:\n"
+            f"  - on a machine with network, run `hf download {repo} {filename}` and copy its cache "
+            f"directory (HF_HOME) here; or\n"
+            f"  - run `hf download {repo} {filename} --local-dir DIR` and pass the file itself: {pass_it}; or\n"
+            f"  - {otherwise}.") from None
+    except (RepositoryNotFoundError, GatedRepoError, EntryNotFoundError) as error:
+        raise WeightsError(f"{filename} of the Hub repository {repo} ({what}) could not be opened "
+                           f"({type(error).__name__}). If it moved, download the file yourself and pass its "
+                           f"path: {pass_it}.") from None
+    except HfHubHTTPError as error:
+        raise WeightsError(f"downloading {filename} of {repo} failed: {error}. Retry later, or pass a local "
+                           f"path.") from None

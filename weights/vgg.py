@@ -15,7 +15,8 @@ a missing convolution or a shape that differs is an error naming the file. Hub f
 """
 from pathlib import Path
 
-from .errors import NotAModelError, OfflineError, StateDictMismatchError, UnknownSourceError, WeightsError
+from .errors import NotAModelError, StateDictMismatchError, UnknownSourceError
+from .hub import download_file
 from .materialize import open_safetensors
 
 HUB_FILES = {"vgg16": ("timm/vgg16.tv_in1k", "model.safetensors", "553 MB")}
@@ -84,38 +85,10 @@ def lpips_heads(path: str | Path) -> dict:
 
 def download(name: str) -> Path:
     """The local path of `name`'s published file, from the Hugging Face cache or the Hub."""
-    from huggingface_hub import constants, hf_hub_download
-    from huggingface_hub.errors import (
-        EntryNotFoundError,
-        GatedRepoError,
-        HfHubHTTPError,
-        LocalEntryNotFoundError,
-        RepositoryNotFoundError,
-    )
-
     repo, filename, size = HUB_FILES[name]
-    try:
-        return Path(hf_hub_download(repo, filename))
-    except LocalEntryNotFoundError as error:
-        if constants.HF_HUB_OFFLINE:
-            reason = "HF_HUB_OFFLINE is set, so nothing is downloaded"
-        else:
-            reason = f"the Hub could not be reached ({str(error).splitlines()[0]})"
-        raise OfflineError(
-            f"could not get {filename} of {repo} (torchvision's VGG16 ImageNet weights, {size}), the backbone of "
-            f"LPIPS, which measures the diversity of the results: {reason}, and the Hugging Face cache at "
-            f"{constants.HF_HUB_CACHE} does not hold it.\n"
-            f"To fix it, either:\n"
-            f"  - on a machine with network, run `hf download {repo} {filename}` and copy its cache "
-            f"directory (HF_HOME) here; or\n"
-            f"  - run `hf download {repo} {filename} --local-dir DIR` and pass the file itself: "
-            f"--lpips DIR/{filename} (Python: load_lpips('DIR/{filename}')); or\n"
-            f"  - use --lpips random (random backbone weights: the command runs, but its diversity is not a "
-            f"perceptual distance).") from None
-    except (RepositoryNotFoundError, GatedRepoError, EntryNotFoundError) as error:
-        raise WeightsError(f"{filename} of the Hub repository {repo} (VGG16) could not be opened "
-                           f"({type(error).__name__}). If it moved, download torchvision's VGG16 ImageNet weights "
-                           f"as .safetensors yourself and pass the path.") from None
-    except HfHubHTTPError as error:
-        raise WeightsError(f"downloading {filename} of {repo} failed: {error}. Retry later, or pass a local "
-                           f"path.") from None
+    return download_file(repo, filename, size=size,
+                         what="torchvision's VGG16 ImageNet weights, the backbone of LPIPS, which measures the "
+                              "diversity of the results",
+                         pass_it=f"--lpips DIR/{filename} (Python: load_lpips('DIR/{filename}'))",
+                         otherwise="use --lpips random (random backbone weights: the command runs, but its "
+                                   "diversity is not a perceptual distance)")
