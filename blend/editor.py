@@ -80,8 +80,8 @@ def edit(image, mask, prompt: str, *, model="sd-2.1-base", steps: int = 50, guid
     with `info["sample"]` (its index before ranking) and `info["clip_distance"]`.
     callback(blend.StepRecord) is called after every step of the loop (progress, previews).
     vae: a replacement autoencoder, "fp16-fix" (SDXL's fine-tuned VAE, which decodes in float16 without
-    overflow), a diffusers vae/ folder (weights.load.load_vae) or a loaded one; by default the model's own, whose float16
-    decoder runs in float32 inside.
+    overflow), a diffusers vae/ folder (weights.load.load_vae) or a loaded one; by default the model's own,
+    whose float16 decoder runs in float32 inside.
     Same seed, same output on the same device.
     """
     problem = option_problem(steps=steps, start=start, guidance_scale=guidance_scale, num_samples=num_samples,

@@ -43,7 +43,7 @@ def official_sdxl_loop(unet: Denoiser, sampler: EulerSampler, z_init: torch.Tens
         return torch.randn(z_init.shape, generator=generator, device=z_init.device, dtype=z_init.dtype)
 
     x = sampler.add_noise(z_init, timesteps[0], draw_noise())            # the source noised to t_k
-    for i, (t, m) in enumerate(zip(timesteps, masks)):
+    for i, (t, m) in enumerate(zip(timesteps, masks, strict=True)):
         x_t = x
         eps = guided_model_output(unet, sampler.scale_model_input(x_t, t), t, cond, uncond, guidance_scale)
         x_fg, x0_fg = sampler.step(eps, t, x_t)                          # Euler step to the next σ

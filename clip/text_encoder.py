@@ -214,7 +214,8 @@ class TextEncoder(nn.Module):
         return self.token_embedding, self.positional_embedding, self.transformer.resblocks, self.ln_final
 
     def hidden_states(self, ids: torch.Tensor, skip_last_layers: int = 0, final_norm: bool = True) -> torch.Tensor:
-        """The output of block `layers - skip_last_layers`, then LN_final if `final_norm`: (B, L) ids -> (B, L, width)."""
+        """The output of block `layers - skip_last_layers`, then LN_final if `final_norm`:
+        (B, L) ids -> (B, L, width)."""
         token_embedding, position_embedding, blocks, norm = self._parts()
         if ids.dim() != 2 or ids.shape[1] > self.config.context_length:
             raise ValueError(f"expected token ids of shape (B, L <= {self.config.context_length}), "

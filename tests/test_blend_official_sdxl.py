@@ -3,13 +3,13 @@ scheduler (diffusers' EulerDiscreteScheduler, SDXL's config) and diffusers' SDXL
 UNet, against blend.blended_latent_diffusion with an EulerSampler and our UNet holding the same weights."""
 import pytest
 import torch
+from conftest import max_relative_error
+from test_ldm_unet_sdxl import SMALL_SDXL, converted, diffusers_sdxl_config, random_small_sdxl
 
 from blend import StepRecord, blended_latent_diffusion
 from blend.algorithm import VARIANTS
-from conftest import max_relative_error
 from ldm.unet import vector_conditioning
 from samplers import DDIMSampler, EulerSampler, NoiseSchedule
-from test_ldm_unet_sdxl import SMALL_SDXL, converted, diffusers_sdxl_config, random_small_sdxl
 
 SCHEDULE = NoiseSchedule.scaled_linear()
 BATCH, GUIDANCE, START = 2, 5.0, 0.25
@@ -123,9 +123,9 @@ def test_official_sdxl_with_shrinking_uses_the_dilated_masks_and_refuses_a_ddim_
 def small_sdxl_components(tmp_path, monkeypatch):
     """A small SDXL-shaped model loaded from a file in the published single-file layout."""
     from safetensors.torch import save_file
+    from test_weights_sdxl import SMALL, sdxl_file_tensors
 
     import weights
-    from test_weights_sdxl import SMALL, sdxl_file_tensors
     monkeypatch.setitem(weights.presets._PRESETS, "sdxl-base-1.0", SMALL)
     path = tmp_path / "sd_xl_base_1.0.safetensors"
     save_file(sdxl_file_tensors(), str(path))
@@ -167,10 +167,10 @@ def test_edit_runs_sdxl_with_each_variant(small_sdxl_components, variant, option
 
 def test_sdxl_runs_in_bfloat16_by_default_on_a_cpu_with_native_bf16_and_says_so(tmp_path, monkeypatch):
     from safetensors.torch import save_file
+    from test_weights_sdxl import SMALL, sdxl_file_tensors
 
     import blend.editor as editor
     import weights
-    from test_weights_sdxl import SMALL, sdxl_file_tensors
     monkeypatch.setitem(weights.presets._PRESETS, "sdxl-base-1.0", SMALL)
     path = tmp_path / "some_sdxl_finetune.safetensors"
     save_file(sdxl_file_tensors(), str(path))
@@ -183,16 +183,17 @@ def test_sdxl_runs_in_bfloat16_by_default_on_a_cpu_with_native_bf16_and_says_so(
     assert editor.load_model(str(path), device="cpu").unet.out[2].weight.dtype == torch.float32
     assert editor.sdxl_default_dtype("sd-1.5", "cpu") is None and editor.sdxl_default_dtype(str(path), "cuda") is None
     (tmp_path / "folder" / "text_encoder_2").mkdir(parents=True)
-    assert editor.is_sdxl_source(tmp_path / "folder") and not editor.is_sdxl_source(tmp_path / "folder" / "text_encoder_2")
+    assert editor.is_sdxl_source(tmp_path / "folder")
+    assert not editor.is_sdxl_source(tmp_path / "folder" / "text_encoder_2")
     assert editor.is_sdxl_source("sdxl-base-1.0") and not editor.is_sdxl_source("sd-2.1-base")
 
 
 def test_cli_edits_with_an_sdxl_file_and_the_official_sdxl_variant(tmp_path, monkeypatch, capsys):
     from safetensors.torch import save_file
+    from test_weights_sdxl import SMALL, sdxl_file_tensors
 
     import weights
     from blend.cli import main
-    from test_weights_sdxl import SMALL, sdxl_file_tensors
     monkeypatch.setitem(weights.presets._PRESETS, "sdxl-base-1.0", SMALL)
     path = tmp_path / "sd_xl_base_1.0.safetensors"
     save_file(sdxl_file_tensors(), str(path))

@@ -9,10 +9,10 @@ import gc
 
 import pytest
 import torch
+from conftest import max_relative_error
 
 from clip import TextConfig, TextEncoder
 from clip.tokenizer import EOS_ID
-from conftest import max_relative_error
 from weights import fill_random_, presets
 
 SDXL = presets.get("sdxl-base-1.0")
@@ -52,7 +52,7 @@ def open_clip_to_transformers(state_dict: dict) -> dict:
         layer = f"encoder.layers.{index}."
         if rest.startswith("attn.in_proj_"):
             kind = rest.rsplit("_", 1)[1]                      # weight or bias
-            for name, part in zip(("q_proj", "k_proj", "v_proj"), value.chunk(3)):
+            for name, part in zip(("q_proj", "k_proj", "v_proj"), value.chunk(3), strict=True):
                 out[f"{layer}self_attn.{name}.{kind}"] = part
             continue
         module, kind = rest.rsplit(".", 1)

@@ -6,7 +6,8 @@ over ~70 layers). The fair yardstick is the reference implementation's own error
 each test measures both against the stored fp32 golden output (diffusers, CPU) and requires ours to be
 finite and at most 2× diffusers' error (plus 1e-3 of slack for cases where diffusers' error is tiny).
 Equal work in another rounding order moves a max error by tens of percent (a CPU dry run of these tests
-measured ours/diffusers: UNet sd-1.5 bf16 1.54e-2/1.54e-2, VAE encode bf16 1.71e-2/1.37e-2, VAE decode bf16 1.10e-2/1.11e-2); a genuine mistake
+measured ours/diffusers: UNet sd-1.5 bf16 1.54e-2/1.54e-2, VAE encode bf16 1.71e-2/1.37e-2, VAE decode bf16
+1.10e-2/1.11e-2); a genuine mistake
 (e.g. the timestep embedding computed in bf16: 3× on the tiny model) costs several times the rounding error.
 Our fp16 VAE decode runs in fp32 inside, so its error is below diffusers' fp16 decode (dry run:
 7.8e-4/1.7e-3; what remains is the weights rounded to fp16).
@@ -16,10 +17,10 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import load_golden, max_relative_error
-from ldm import AutoencoderKL, UNetModel
 from test_ldm_unet import random_model
+
+from ldm import AutoencoderKL, UNetModel
 from weights import presets
 
 pytestmark = [pytest.mark.gpu, pytest.mark.reference, pytest.mark.slow]
@@ -39,7 +40,8 @@ def assert_as_close_as_diffusers(ours: torch.Tensor, reference: torch.Tensor, ex
     print(f"{what}: ours {ours_error:.2e}, diffusers {reference_error:.2e}")
     assert torch.isfinite(ours).all(), f"{what}: non-finite values"
     assert ours_error <= 2 * reference_error + 1e-3, \
-        f"{what}: max relative error {ours_error:.2e} against fp32, diffusers in the same precision {reference_error:.2e}"
+        f"{what}: max relative error {ours_error:.2e} against fp32, diffusers in the same precision " \
+        f"{reference_error:.2e}"
 
 
 @pytest.mark.parametrize("fixture, preset, dtype", [
@@ -89,8 +91,9 @@ def test_sdxl_full_unet_fp16_on_gpu_is_finite_and_as_close_to_fp32_as_diffusers(
     """SDXL base's full UNet (2.6 B parameters, random weights) in fp16: ours and diffusers' text_time UNet holding
     the same weights, each against diffusers' fp32 output on the same GPU (TF32 off), with pooled text and time ids."""
     from diffusers import UNet2DConditionModel
-    from ldm.unet import vector_conditioning
     from test_ldm_unet_sdxl import converted, diffusers_sdxl_config
+
+    from ldm.unet import vector_conditioning
     config = presets.get("sdxl-base-1.0").unet
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     ours = random_model(UNetModel, config, seed=11).to(DEVICE)

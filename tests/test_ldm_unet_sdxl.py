@@ -5,8 +5,8 @@ from dataclasses import replace
 
 import pytest
 import torch
-
 from conftest import max_relative_error
+
 from ldm import UNetConfig, UNetModel
 from ldm.unet import timestep_embedding, vector_conditioning
 from weights import fill_random_, presets

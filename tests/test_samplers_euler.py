@@ -2,8 +2,8 @@
 EulerDiscreteScheduler (the SDXL pipelines' scheduler) in-process."""
 import pytest
 import torch
-
 from conftest import max_relative_error
+
 from samplers import DDIMSampler, EulerSampler, NoiseSchedule
 
 SCHEDULE = NoiseSchedule.scaled_linear()

@@ -109,6 +109,7 @@ def sdxl_folder_files(spec=SMALL) -> tuple[dict, dict]:
     import json
 
     from test_clip_text_sdxl import open_clip_to_transformers
+
     from weights import diffusers_keys as keys
     ours = {}
     for part, build in {"unet": spec.build_unet, "vae": spec.build_vae, "text_encoder": spec.build_text_encoder,

@@ -331,7 +331,8 @@ def _depths(value, attention_levels: tuple, levels: int, file) -> tuple:
     if len(value) != levels:
         _refuse(file, "transformer_layers_per_block", value, f"one value per level ({levels})")
     used = {value[level] for level in attention_levels}
-    depth = used.pop() if len(used) == 1 else tuple(value[l] if l in attention_levels else 0 for l in range(levels))
+    depth = used.pop() if len(used) == 1 else tuple(value[level] if level in attention_levels else 0
+                                                    for level in range(levels))
     default_middle = depth if isinstance(depth, int) else depth[-1]
     return depth, (None if value[-1] == default_middle else value[-1])
 
@@ -399,7 +400,8 @@ def vae_config_from_diffusers(config: dict, file) -> AutoencoderConfig:
 
 
 def text_2_config_from_transformers(config: dict, file) -> TextConfig:
-    """SDXL's text_encoder_2/config.json (CLIPTextModelWithProjection, OpenCLIP bigG) -> TextConfig with its projection."""
+    """SDXL's text_encoder_2/config.json (CLIPTextModelWithProjection, OpenCLIP bigG) -> TextConfig with its
+    projection."""
     from dataclasses import replace
     architectures = config.get("architectures", ["CLIPTextModelWithProjection"])
     if architectures != ["CLIPTextModelWithProjection"]:

@@ -136,12 +136,13 @@ FP16_FIX_VAE_REPO = "madebyollin/sdxl-vae-fp16-fix"
 VAE_FILES = ("config.json", "diffusion_pytorch_model.safetensors")
 
 
-def load_vae(source: str | Path, *, dtype: torch.dtype | None = None, device: str | torch.device = "cpu") -> AutoencoderKL:
+def load_vae(source: str | Path, *, dtype: torch.dtype | None = None,
+             device: str | torch.device = "cpu") -> AutoencoderKL:
     """A replacement autoencoder: "fp16-fix" (madebyollin/sdxl-vae-fp16-fix, SDXL's VAE fine-tuned so that its
     float16 activations stay in range, so it decodes in float16 without NaN; from the Hub cache, else the Hub),
     or a diffusers `vae/` folder (config.json + diffusion_pytorch_model.safetensors)."""
-    from .diffusers_folder import read_json
     from . import diffusers_keys as keys
+    from .diffusers_folder import read_json
     folder = hub.fetch_files(FP16_FIX_VAE_REPO, list(VAE_FILES)) if source == "fp16-fix" else Path(source).expanduser()
     config_file, file = (folder / name for name in VAE_FILES)
     if not file.is_file():

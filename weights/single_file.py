@@ -32,9 +32,10 @@ SCHEDULE_BUFFERS = ("betas", "alphas_cumprod", "alphas_cumprod_prev", "sqrt_alph
                     "sqrt_one_minus_alphas_cumprod", "log_one_minus_alphas_cumprod", "sqrt_recip_alphas_cumprod",
                     "sqrt_recipm1_alphas_cumprod", "posterior_variance", "posterior_log_variance_clipped",
                     "posterior_mean_coef1", "posterior_mean_coef2", "logvar")
-SINGLE_FILE_NON_WEIGHTS = frozenset(SCHEDULE_BUFFERS + ("cond_stage_model.transformer.text_model.embeddings.position_ids",
-                                            "conditioner.embedders.0.transformer.text_model.embeddings.position_ids",
-                                            "denoiser.sigmas"))   # SDXL's σ table, which EulerSampler recomputes
+SINGLE_FILE_NON_WEIGHTS = frozenset(SCHEDULE_BUFFERS + (
+    "cond_stage_model.transformer.text_model.embeddings.position_ids",
+    "conditioner.embedders.0.transformer.text_model.embeddings.position_ids",
+    "denoiser.sigmas"))   # SDXL's σ table, which EulerSampler recomputes
 
 
 def is_non_weight(key: str) -> bool:
@@ -68,7 +69,8 @@ def detect_family(tensors: dict, file) -> str:
 def detect_sdxl(tensors: dict, file) -> str:
     """'sdxl' when both of SDXL's towers and its UNet are there, with the UNet attending to their joint width."""
     keys = tensors.keys()
-    absent = [p for p in (UNET_PREFIX, VAE_PREFIX, *SDXL_TEXT_PREFIXES.values()) if not any(k.startswith(p) for k in keys)]
+    absent = [prefix for prefix in (UNET_PREFIX, VAE_PREFIX, *SDXL_TEXT_PREFIXES.values())
+              if not any(k.startswith(prefix) for k in keys)]
     if absent:
         raise UnsupportedModelError(f"{file}: an SDXL checkpoint (conditioner.embedders.*) without keys under "
                                     f"{', '.join(map(repr, absent))}; a full SDXL base file has the UNet, the VAE and "
