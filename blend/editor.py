@@ -21,7 +21,7 @@ what the networks divide by (64 for SD: 8 in the autoencoder, 8 in the UNet); re
 to the image's own size.
 """
 import copy
-import warnings
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +29,6 @@ import torch
 from PIL import Image
 
 import weights
-from ldm.unet import vector_conditioning
 from samplers import DDIMSampler, EulerSampler
 from weights.load import load_vae
 
@@ -50,7 +49,7 @@ def load_model(model="sd-2.1-base", *, dtype=None, device="cpu", allow_pickle: b
     if not isinstance(model, (str, Path)):
         return model  # already loaded
     if dtype is None:
-        dtype = sdxl_default_dtype(model, device)
+        dtype = weights.default_dtype(model, device)   # bfloat16 for SDXL on a CPU with native bf16
     return weights.load(model, dtype=dtype, device=device, allow_pickle=allow_pickle)
 
 
@@ -120,13 +119,13 @@ def edit(image, mask, prompt: str, *, model="sd-2.1-base", steps: int = 50, guid
     if not m_latent.any():
         raise EditInputError(f"the mask covers no pixel of the {z_init.shape[-1]}x{z_init.shape[-2]} latent of "
                              f"the {size_wh[0]}x{size_wh[1]} working image: enlarge the mask")
-    if getattr(components, "text_encoder_2", None) is not None:     # SDXL: two towers, pooled text, time ids
-        cond, uncond = sdxl_conditioning(components, prompt, (size_wh[1], size_wh[0]), device)
-    else:
-        cond, uncond = _encode_prompts(components, [prompt, ""], device)
+    try:                                         # SDXL: (context, y) of both towers, pooled text and time ids
+        cond, uncond = weights.prompt_conditioning(components, prompt, (size_wh[1], size_wh[0]), device)
+    except ValueError as error:  # a tokenizer that refuses the prompt (the toy's: it names none of its classes)
+        raise EditInputError(str(error)) from None
     offset = 0 if variant == "official" else spec.steps_offset  # the official script's scheduler: offset 0
     sampler = DDIMSampler(spec.build_schedule(), steps, prediction_type=spec.prediction_type, offset=offset,
-                          spacing=getattr(spec, "timestep_spacing", "leading"))  # the LDM's: CompVis's uniform
+                          spacing=spec.timestep_spacing)  # the LDM's: CompVis's uniform
     if variant == "official-sdxl":                               # the SDXL script's EulerDiscreteScheduler
         sampler = EulerSampler(spec.build_schedule(), steps, offset=spec.steps_offset,
                                prediction_type=spec.prediction_type)
@@ -150,7 +149,7 @@ def edit(image, mask, prompt: str, *, model="sd-2.1-base", steps: int = 50, guid
     if rank is not None or ranker is not None:  # §4.4: best first
         order, scores = rank_by_clip(results, prompt, pixel_mask, clip_model=rank or "ViT-B/16", ranker=ranker)
         results = [results[i] for i in order]
-        for result, sample, score in zip(results, order, scores):
+        for result, sample, score in zip(results, order, scores, strict=True):
             result.info.update(sample=sample, clip_distance=score)
     return results
 
@@ -161,88 +160,13 @@ def source_latent(components, x: torch.Tensor, generator: torch.Generator) -> to
     noise is the generator's first draw, before the loop's."""
     spec = components.spec
     posterior = components.vae.encode(x)
-    if getattr(spec, "z_init", "mean") == "sample":
+    if spec.z_init == "sample":
         return posterior.sample(generator) * spec.scale_factor
     return posterior.mean * spec.scale_factor
 
 
-def _encode_prompts(components, prompts: list, device) -> list:
-    """The context (1, L, C) of each prompt: text_encoder(tokenizer(prompt))."""
-    contexts = []
-    for prompt in prompts:
-        try:
-            ids = components.tokenizer([prompt])
-        except ValueError as error:  # a tokenizer that refuses the prompt (the toy's: it names no class)
-            raise EditInputError(str(error)) from None
-        contexts.append(components.text_encoder(ids.to(device)))
-    return contexts
-
-
-def sdxl_conditioning(components, prompt: str, size_hw: tuple, device) -> tuple:
-    """SDXL's (context, y) for the prompt and for the unconditional half (sgm's conditioner, diffusers' pipeline):
-
-        context = cat[ViT-L/14(ids), bigG(ids_2)]                  (1, 77, 768 + 1280), both penultimate, no final norm
-        y       = [pooled bigG text | emb(H, W, 0, 0, H, W)]       original = target = the working size, crop (0, 0)
-        uncond  = zeros for context and pooled (an empty negative prompt, `force_zeros_for_empty_prompt`),
-                  with the same time ids
-    """
-    ids, ids_2 = components.tokenizer([prompt]).to(device), components.tokenizer_2([prompt]).to(device)
-    context = torch.cat([components.text_encoder(ids), components.text_encoder_2(ids_2)], dim=-1)
-    pooled = components.text_encoder_2.pooled_embedding(ids_2)
-    height, width = size_hw
-    time_ids = torch.tensor([[height, width, 0, 0, height, width]], device=device)
-    y = vector_conditioning(pooled, time_ids, components.spec.time_embedding_dim).to(context.dtype)
-    y_uncond = vector_conditioning(torch.zeros_like(pooled), time_ids, components.spec.time_embedding_dim)
-    return (context, y), (torch.zeros_like(context), y_uncond.to(context.dtype))
-
-
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU computes bfloat16 natively (x86 AVX512_BF16 or AMX-BF16, Arm BF16), from /proc/cpuinfo."""
-    try:
-        info = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    flags = set(" ".join(line.split(":", 1)[1] for line in info.splitlines()
-                         if line.startswith(("flags", "Features")) and ":" in line).split())
-    return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
-
-
-def is_sdxl_source(model) -> bool:
-    """An SDXL preset name, a diffusers folder with text_encoder_2/, or a .safetensors file with SDXL's
-    `conditioner.embedders.*` keys (read from its header)."""
-    if isinstance(model, str) and model in weights.presets.NAMES:
-        return getattr(weights.presets.get(model), "text_2", None) is not None
-    path = Path(model).expanduser()
-    if path.is_dir():
-        return (path / "text_encoder_2").is_dir()
-    if path.suffix != ".safetensors" or not path.is_file():
-        return False
-    from safetensors import safe_open
-    try:
-        with safe_open(str(path), "pt") as f:
-            return any(key.startswith("conditioner.embedders.") for key in f.keys())
-    except Exception:                      # an unreadable file: weights.load reports it
-        return False
-
-
-def sdxl_default_dtype(model, device) -> torch.dtype | None:
-    """SDXL on a CPU with native bfloat16 runs in bfloat16 by default (the UNet alone is 10.3 GB in float32,
-    5.1 GB in bfloat16), and says so; otherwise None (weights.load's float32)."""
-    if str(device).split(":")[0] != "cpu" or not is_sdxl_source(model) or not cpu_has_native_bf16():
-        return None
-    warnings.warn("SDXL on this CPU runs in bfloat16 by default (the CPU computes bf16 natively; the UNet takes "
-                  "5.1 GB instead of 10.3 GB in float32); pass dtype=torch.float32 (--dtype float32) for float32",
-                  stacklevel=3)
-    return torch.bfloat16
-
-
 def _decode(vae, z: torch.Tensor, upcast_fp16: bool = True) -> torch.Tensor:
-    """D(z), one latent at a time; an fp16 decode that overflows is redone in fp32 (docs/CONVENTIONS.md).
-    upcast_fp16=False decodes float16 in float16 (a VAE made for it, SDXL's fp16-fix)."""
-    rows = []
-    for row in z.split(1):
-        decoded = vae.decode(row) if upcast_fp16 else vae.decode(row, upcast_fp16=False)
-        if not torch.isfinite(decoded).all():
-            decoded = copy.deepcopy(vae).float().decode(row.float())
-        rows.append(decoded.float())
-    return torch.cat(rows)
+    """D(z), one latent at a time, as float32. AutoencoderKL.decode runs float16 weights in float32 (an fp16
+    decode can overflow); upcast_fp16=False decodes in float16 itself (a VAE made for it, SDXL's fp16-fix)."""
+    decode = vae.decode if upcast_fp16 else partial(vae.decode, upcast_fp16=False)
+    return torch.cat([decode(row).float() for row in z.split(1)])

@@ -133,7 +133,7 @@ def small_sdxl_components(tmp_path, monkeypatch):
 
 
 def test_sdxl_conditioning_is_two_towers_pooled_time_ids_and_zero_uncond(small_sdxl_components):
-    from blend.editor import sdxl_conditioning
+    from weights.conditioning import sdxl_conditioning
     components = small_sdxl_components
     (context, y), (context_u, y_u) = sdxl_conditioning(components, "a cat", (64, 128), "cpu")
     ids, ids_2 = components.tokenizer(["a cat"]), components.tokenizer_2(["a cat"])
@@ -171,21 +171,22 @@ def test_sdxl_runs_in_bfloat16_by_default_on_a_cpu_with_native_bf16_and_says_so(
 
     import blend.editor as editor
     import weights
+    from weights import conditioning
     monkeypatch.setitem(weights.presets._PRESETS, "sdxl-base-1.0", SMALL)
     path = tmp_path / "some_sdxl_finetune.safetensors"
     save_file(sdxl_file_tensors(), str(path))
-    monkeypatch.setattr(editor, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(conditioning, "cpu_has_native_bf16", lambda: True)
     with pytest.warns(UserWarning, match="SDXL on this CPU runs in bfloat16"):
         loaded = editor.load_model(str(path), device="cpu")
     assert loaded.unet.out[2].weight.dtype == torch.bfloat16
     assert editor.load_model(str(path), dtype=torch.float32, device="cpu").unet.out[2].weight.dtype == torch.float32
-    monkeypatch.setattr(editor, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(conditioning, "cpu_has_native_bf16", lambda: False)
     assert editor.load_model(str(path), device="cpu").unet.out[2].weight.dtype == torch.float32
-    assert editor.sdxl_default_dtype("sd-1.5", "cpu") is None and editor.sdxl_default_dtype(str(path), "cuda") is None
+    assert conditioning.default_dtype("sd-1.5", "cpu") is None and conditioning.default_dtype(str(path), "cuda") is None
     (tmp_path / "folder" / "text_encoder_2").mkdir(parents=True)
-    assert editor.is_sdxl_source(tmp_path / "folder")
-    assert not editor.is_sdxl_source(tmp_path / "folder" / "text_encoder_2")
-    assert editor.is_sdxl_source("sdxl-base-1.0") and not editor.is_sdxl_source("sd-2.1-base")
+    assert conditioning.is_sdxl_source(tmp_path / "folder")
+    assert not conditioning.is_sdxl_source(tmp_path / "folder" / "text_encoder_2")
+    assert conditioning.is_sdxl_source("sdxl-base-1.0") and not conditioning.is_sdxl_source("sd-2.1-base")
 
 
 def test_cli_edits_with_an_sdxl_file_and_the_official_sdxl_variant(tmp_path, monkeypatch, capsys):

@@ -1,6 +1,7 @@
 """Model presets, deterministic random weights, and checkpoint loading (`weights.load`, see weights/LOADING.md)."""
 from . import presets
 from .clip_ranker import load_clip
+from .conditioning import default_dtype, prompt_conditioning
 from .errors import (
                      CorruptFileError,
                      NotAModelError,
@@ -16,6 +17,6 @@ from .pickle_checkpoint import convert_checkpoint
 from .random_init import fill_random_, random_state_dict, random_tensor
 
 __all__ = ["presets", "fill_random_", "random_state_dict", "random_tensor", "load", "Components", "MODEL_NAMES",
-           "spec_of", "load_clip",
+           "spec_of", "prompt_conditioning", "default_dtype", "load_clip",
            "convert_checkpoint", "WeightsError", "UnknownSourceError", "NotAModelError", "CorruptFileError",
            "OfflineError", "PickleRefusedError", "StateDictMismatchError", "UnsupportedModelError"]

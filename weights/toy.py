@@ -150,6 +150,8 @@ class ToySpec:
     image_size: int = 128            # the side of the data set's images
     size_multiple: int = 1           # no network divides the image: any working size runs
     steps_offset: int = 1            # SD's timesteps [981, 961, …, 1]
+    timestep_spacing: str = "leading"
+    z_init: str = "mean"             # the identity's posterior is a point mass: mean = sample
     guidance_scale: float = 1.0      # the conditional model is exact; w > 1 extrapolates (module docstring)
     notes: str = "exact posterior-mean denoiser of 12 photographs, in pixel space"
 
