@@ -16,7 +16,7 @@ demo: setup
 	$(PY) -m blend --model toy
 
 test: setup-test
-	$(PY) tests/golden/make_fixtures.py --check
+	cd tests && $(abspath $(PY)) -m golden.make_fixtures --check
 	$(PY) blend/evaluate/data/make_data.py --check
 	$(PY) -m pytest -q
 
@@ -54,7 +54,7 @@ setup-test: torch
 	$(PIP) install -q --no-deps --upgrade --target $(VENV)/reference-torchvision torchvision==0.28.0
 
 fixtures: setup-test
-	$(PY) tests/golden/make_fixtures.py
+	cd tests && $(abspath $(PY)) -m golden.make_fixtures
 
 # Ours against diffusers/transformers on the same weights (README "Performance"); about 10 minutes on 2 cores.
 benchmark: setup-test

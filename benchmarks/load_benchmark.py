@@ -15,7 +15,7 @@ both find it in the OS page cache. Reported per loader (median over --repeat run
     touched RSS  the same after reading every weight once: memory-mapped pages now count too
 
 diffusers gets a local config folder (model_index.json, the component configs and the
-tokenizer files, written by weights.fakes) and `local_files_only=True`, since nothing may
+tokenizer files, written by tests/fakes.py) and `local_files_only=True`, since nothing may
 be downloaded. The goal (issue "weights.load"): load s <= 0.3x diffusers', and no more memory.
 Needs the reference extra (diffusers, transformers) for the diffusers side.
 """
@@ -82,8 +82,9 @@ def status_bytes(field: str) -> int:
 
 WRITER = r"""
 import sys, torch
-sys.path.insert(0, {root!r})
-from weights import fakes, presets
+sys.path[:0] = [{root!r}, {tests!r}]   # the project, and tests/fakes.py
+from weights import presets
+import fakes
 fakes.write_single_file({path!r}, presets.get("sd-1.5"), dtype=torch.float16, ema_copies=False, values="constant")
 """
 
@@ -100,7 +101,7 @@ def run_child(kind: str, path: Path, config: Path, dtype: str) -> dict:
 
 def write_config_folder(folder: Path, spec) -> None:
     """What from_single_file reads besides the weights: configs and tokenizer, no safety checker."""
-    from weights import fakes
+    import fakes
 
     for name, content in fakes.diffusers_files(spec, weights=False).items():
         fakes._write(folder / name, content)
@@ -116,7 +117,7 @@ def measure_loads(path: Path | None, dtype: str = "float16", repeat: int = 3) ->
     tokenizer_seconds (ours only; see the module docstring). `path` None writes a full-size fake
     SD 1.5 fp16 single file first (about 20 s, 2.1 GB in the temp folder, removed afterwards).
     """
-    sys.path.insert(0, str(ROOT))
+    sys.path[:0] = [str(ROOT), str(ROOT / "tests")]   # the project, and tests/fakes.py
     from weights import presets
 
     with tempfile.TemporaryDirectory(prefix="load_benchmark_") as scratch:
@@ -124,7 +125,8 @@ def measure_loads(path: Path | None, dtype: str = "float16", repeat: int = 3) ->
         if path is None:
             path = scratch / "v1-5-pruned-emaonly-fp16.safetensors"
             print(f"writing a full-size fake SD 1.5 fp16 checkpoint to {path} ...", flush=True)
-            subprocess.run([sys.executable, "-c", WRITER.format(root=str(ROOT), path=str(path))], check=True)
+            writer = WRITER.format(root=str(ROOT), tests=str(ROOT / "tests"), path=str(path))
+            subprocess.run([sys.executable, "-c", writer], check=True)
         write_config_folder(scratch / "config", presets.get("sd-1.5"))
         with open(path, "rb") as f:                       # into the page cache, for both
             while f.read(1 << 24):

@@ -42,7 +42,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "tests" / "golden"), str(ROOT / "benchmarks")]
 
-from conftest import max_relative_error  # noqa: E402  (the parity tests' figure: max|a − e| / max|e|)
+from helpers import max_relative_error  # noqa: E402  (the parity tests' figure: max|a − e| / max|e|)
 from load_benchmark import status_bytes  # noqa: E402
 
 CASES = ("unet32", "unet64", "vae_encode", "vae_decode", "text", "edit", "load")

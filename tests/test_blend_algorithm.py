@@ -3,19 +3,15 @@
 The network is the tiny preset's UNet with the deterministic random weights of seed 0, the
 one tests/golden/fixtures_blend.py used; the fixtures pin the loops built with diffusers' DDIMScheduler.
 """
-import sys
-from pathlib import Path
 
 import pytest
 import torch
-from conftest import assert_matches_golden, in_float64, load_golden, run_in_float64, schedule_in_float64
+from helpers import assert_matches_golden, in_float64, load_golden, run_in_float64, schedule_in_float64
 
 from blend import blended_latent_diffusion
 from ldm import UNetModel
 from samplers import DDIMSampler, NoiseSchedule, ddim_sample, guided_model_output
 from weights import fill_random_, presets
-
-sys.path.insert(0, str(Path(__file__).parent / "golden"))  # fixtures_blend, for the bit-exact test
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +40,7 @@ def inputs(mask_value: float | None = None) -> dict:
 @pytest.mark.parametrize("variant, offset", [("official", 0), ("paper", 1)])
 def test_blend_variant_matches_golden_diffusers_loop(unet, variant, offset):
     """The stored loop ran on another machine, whose float32 kernels round differently, and 38 guided steps
-    amplify rounding: the output is held to conftest.assert_matches_golden's bound, from our loop's float32
+    amplify rounding: the output is held to helpers.assert_matches_golden's bound, from our loop's float32
     error (measured against the same loop in float64, with the same float32 noise) and the reference's
     (stored by the fixture). The next test is bit-exact, in this process."""
     golden = load_golden(f"blend_{variant}_loop")
@@ -62,7 +58,7 @@ def test_blend_variant_reproduces_diffusers_loop_bit_for_bit(unet, variant, offs
     # The fixture's loop (diffusers' DDIMScheduler doing every schedule step) run here, in this process:
     # the same network outputs, so the loops must agree to the bit.
     pytest.importorskip("diffusers")
-    import fixtures_blend
+    from golden import fixtures_blend
     loop = fixtures_blend.official_loop if variant == "official" else fixtures_blend.paper_loop
     with torch.no_grad():
         reference = loop()

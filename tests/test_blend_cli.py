@@ -333,9 +333,10 @@ def test_cli_writes_into_a_hidden_folder_renamed_when_complete(tmp_path, monkeyp
 @pytest.fixture
 def tiny_ckpt(tmp_path):
     """A tiny-model .ckpt in a folder whose name needs quoting in a shell."""
+    import fakes
     from safetensors.torch import load_file
 
-    from weights import fakes, presets
+    from weights import presets
     folder = tmp_path / "it's a folder"
     folder.mkdir()
     tensors = load_file(fakes.write_single_file(tmp_path / "source.safetensors", presets.get("tiny")))

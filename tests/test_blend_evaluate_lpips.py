@@ -15,11 +15,12 @@ import sys
 import types
 from pathlib import Path
 
+import fakes
 import pytest
 import torch
 
 from blend.evaluate.lpips import HEADS_FILE, VGG16Taps, load_lpips
-from weights import NotAModelError, OfflineError, StateDictMismatchError, fakes, fill_random_
+from weights import NotAModelError, OfflineError, StateDictMismatchError, fill_random_
 from weights.vgg import HUB_FILES, expected_backbone_shapes, lpips_heads, lpips_name
 
 TORCHVISION_FOLDER = Path(sys.prefix) / "reference-torchvision" / "torchvision"

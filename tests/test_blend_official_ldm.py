@@ -181,10 +181,11 @@ def small_ldm_components(folder):
     """The LDM preset's kinds of networks, small, with random weights, and a WordPiece vocabulary in `folder`."""
     from dataclasses import replace
 
+    from fakes import random_weights
+
     import weights
     from ldm import AutoencoderConfig, BERTConfig
     from weights import presets
-    from weights.fakes import random_weights
 
     (folder / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "stone"]) + "\n")
     spec = replace(presets.get("ldm-txt2img-f8-large"),

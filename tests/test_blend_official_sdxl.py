@@ -3,8 +3,7 @@ scheduler (diffusers' EulerDiscreteScheduler, SDXL's config) and diffusers' SDXL
 UNet, against blend.blended_latent_diffusion with an EulerSampler and our UNet holding the same weights."""
 import pytest
 import torch
-from conftest import max_relative_error
-from test_ldm_unet_sdxl import SMALL_SDXL, converted, diffusers_sdxl_config, random_small_sdxl
+from helpers import SMALL_SDXL, converted, diffusers_sdxl_config, max_relative_error, random_small_sdxl
 
 from blend import StepRecord, blended_latent_diffusion
 from blend.algorithm import VARIANTS
@@ -122,11 +121,11 @@ def test_official_sdxl_with_shrinking_uses_the_dilated_masks_and_refuses_a_ddim_
 @pytest.fixture
 def small_sdxl_components(tmp_path, monkeypatch):
     """A small SDXL-shaped model loaded from a file in the published single-file layout."""
+    from helpers import SMALL_SDXL_SPEC, sdxl_file_tensors
     from safetensors.torch import save_file
-    from test_weights_sdxl import SMALL, sdxl_file_tensors
 
     import weights
-    monkeypatch.setitem(weights.presets._PRESETS, "sdxl-base-1.0", SMALL)
+    monkeypatch.setitem(weights.presets._PRESETS, "sdxl-base-1.0", SMALL_SDXL_SPEC)
     path = tmp_path / "sd_xl_base_1.0.safetensors"
     save_file(sdxl_file_tensors(), str(path))
     return weights.load(path, dtype=torch.float32)
@@ -166,13 +165,13 @@ def test_edit_runs_sdxl_with_each_variant(small_sdxl_components, variant, option
 
 
 def test_sdxl_runs_in_bfloat16_by_default_on_a_cpu_with_native_bf16_and_says_so(tmp_path, monkeypatch):
+    from helpers import SMALL_SDXL_SPEC, sdxl_file_tensors
     from safetensors.torch import save_file
-    from test_weights_sdxl import SMALL, sdxl_file_tensors
 
     import blend.editor as editor
     import weights
     from weights import conditioning
-    monkeypatch.setitem(weights.presets._PRESETS, "sdxl-base-1.0", SMALL)
+    monkeypatch.setitem(weights.presets._PRESETS, "sdxl-base-1.0", SMALL_SDXL_SPEC)
     path = tmp_path / "some_sdxl_finetune.safetensors"
     save_file(sdxl_file_tensors(), str(path))
     monkeypatch.setattr(conditioning, "cpu_has_native_bf16", lambda: True)
@@ -190,12 +189,12 @@ def test_sdxl_runs_in_bfloat16_by_default_on_a_cpu_with_native_bf16_and_says_so(
 
 
 def test_cli_edits_with_an_sdxl_file_and_the_official_sdxl_variant(tmp_path, monkeypatch, capsys):
+    from helpers import SMALL_SDXL_SPEC, sdxl_file_tensors
     from safetensors.torch import save_file
-    from test_weights_sdxl import SMALL, sdxl_file_tensors
 
     import weights
     from blend.cli import main
-    monkeypatch.setitem(weights.presets._PRESETS, "sdxl-base-1.0", SMALL)
+    monkeypatch.setitem(weights.presets._PRESETS, "sdxl-base-1.0", SMALL_SDXL_SPEC)
     path = tmp_path / "sd_xl_base_1.0.safetensors"
     save_file(sdxl_file_tensors(), str(path))
     out = tmp_path / "out"

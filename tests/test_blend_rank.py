@@ -5,6 +5,7 @@ the mean colour of the masked image, so the text "red" = (1, 0, 0) ranks images 
 their edited region is, whatever their background. The real towers are checked against
 transformers in tests/test_clip_image_encoder.py.
 """
+import fakes
 import numpy as np
 import pytest
 import torch
@@ -15,7 +16,7 @@ from safetensors.torch import save_file
 from blend.editor import EditInputError
 from blend.rank import masked_result, rank
 from clip import CLIPModel, preprocess
-from weights import NotAModelError, OfflineError, StateDictMismatchError, UnknownSourceError, fakes
+from weights import NotAModelError, OfflineError, StateDictMismatchError, UnknownSourceError
 from weights.clip_ranker import HUB_FILES, load_clip
 
 H, W = 16, 24

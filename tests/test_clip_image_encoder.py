@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import assert_matches_golden, in_float64, load_golden, max_relative_error
+from helpers import assert_matches_golden, in_float64, load_golden, max_relative_error
 from PIL import Image
 
 from clip import (
@@ -47,7 +47,7 @@ def golden_pixels(golden: dict, config: ImageConfig) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------- parity
-# Each float32 output is held to conftest.assert_matches_golden's bound: twice the sum of the two float32
+# Each float32 output is held to helpers.assert_matches_golden's bound: twice the sum of the two float32
 # errors (ours, measured against float64 copies of the towers; the reference's, stored by the fixture).
 def features_and_cosine(image: ImageEncoder, text: TextEncoder, pixels: torch.Tensor, ids: torch.Tensor) -> dict:
     image_features, text_features = image(pixels), text.pooled_embedding(ids)   # the tower casts pixels to its dtype

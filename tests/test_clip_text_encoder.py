@@ -2,7 +2,7 @@
 
 The golden outputs come from tests/golden/fixtures_clip.py. Each fixture stores the
 config, the seed of `weights.fill_random_` and the ids. So each test rebuilds the same
-random tower here and holds its float32 output to conftest.assert_matches_golden's bound:
+random tower here and holds its float32 output to helpers.assert_matches_golden's bound:
 twice the sum of the two float32 errors (ours, measured here against the same tower in
 float64; the reference's, measured by the fixture script), plus one rounding of the output.
 """
@@ -10,7 +10,7 @@ import dataclasses
 
 import pytest
 import torch
-from conftest import assert_matches_golden, in_float64, load_golden, max_relative_error
+from helpers import assert_matches_golden, in_float64, load_golden, max_relative_error
 
 from clip import TextConfig, TextEncoder
 from clip.tokenizer import BOS_ID, EOS_ID

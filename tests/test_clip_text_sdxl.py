@@ -9,7 +9,7 @@ import gc
 
 import pytest
 import torch
-from conftest import max_relative_error
+from helpers import max_relative_error, open_clip_to_transformers
 
 from clip import TextConfig, TextEncoder
 from clip.tokenizer import EOS_ID
@@ -32,32 +32,6 @@ def transformers_config(config: TextConfig, **extra):
                           num_attention_heads=config.heads, max_position_embeddings=config.context_length,
                           hidden_act=config.activation, layer_norm_eps=config.layer_norm_eps,
                           bos_token_id=49406, eos_token_id=EOS_ID, pad_token_id=1, **extra)
-
-
-def open_clip_to_transformers(state_dict: dict) -> dict:
-    """open_clip's text keys (SDXL's `conditioner.embedders.1.model.*`) -> CLIPTextModelWithProjection's
-    (transformers 5: no `text_model.` prefix). in_proj rows are [q; k; v]; text_projection is used as
-    x @ P, transformers' Linear as x @ Wᵀ, so W = Pᵀ; logit_scale has no counterpart."""
-    blocks = {"ln_1": "layer_norm1", "ln_2": "layer_norm2", "attn.out_proj": "self_attn.out_proj",
-              "mlp.c_fc": "mlp.fc1", "mlp.c_proj": "mlp.fc2"}
-    out = {"embeddings.token_embedding.weight": state_dict["token_embedding.weight"],
-           "embeddings.position_embedding.weight": state_dict["positional_embedding"],
-           "final_layer_norm.weight": state_dict["ln_final.weight"],
-           "final_layer_norm.bias": state_dict["ln_final.bias"],
-           "text_projection.weight": state_dict["text_projection"].T}
-    for key, value in state_dict.items():
-        if not key.startswith("transformer.resblocks."):
-            continue
-        _, _, index, rest = key.split(".", 3)
-        layer = f"encoder.layers.{index}."
-        if rest.startswith("attn.in_proj_"):
-            kind = rest.rsplit("_", 1)[1]                      # weight or bias
-            for name, part in zip(("q_proj", "k_proj", "v_proj"), value.chunk(3), strict=True):
-                out[f"{layer}self_attn.{name}.{kind}"] = part
-            continue
-        module, kind = rest.rsplit(".", 1)
-        out[f"{layer}{blocks[module]}.{kind}"] = value
-    return out
 
 
 def on_cpu(reference):

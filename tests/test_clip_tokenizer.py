@@ -19,11 +19,11 @@ import warnings
 
 import pytest
 import torch
-from conftest import load_golden
+from fakes import clip_vocab_files
+from helpers import load_golden
 
 from clip import Tokenizer
 from clip.tokenizer import BOS_ID, EOS_ID
-from weights.fakes import clip_vocab_files
 
 # sha256 of the published tokenizer/vocab.json and tokenizer/merges.txt that SD 1 folders carry
 # (runwayml/stable-diffusion-v1-5, a copy of openai/clip-vit-large-patch14's; see fixtures_clip.py).

@@ -3,8 +3,7 @@ import copy
 
 import pytest
 import torch
-from conftest import assert_matches_golden, in_float64, load_golden, max_relative_error, run_in_float64
-from test_ldm_unet import random_model
+from helpers import assert_matches_golden, in_float64, load_golden, max_relative_error, random_model, run_in_float64
 from torch import nn
 
 from ldm import AutoencoderKL, DiagonalGaussian
@@ -14,7 +13,7 @@ from weights import presets
 
 def check_golden_vae(name: str):
     """Encode, sample and decode against diffusers' stored outputs, each within the float32 bound of
-    conftest.assert_matches_golden (ours measured against the same autoencoder in float64)."""
+    helpers.assert_matches_golden (ours measured against the same autoencoder in float64)."""
     golden = load_golden(name)
     model = random_model(AutoencoderKL, presets.get(golden["preset"]).vae, golden["seed"])
 

@@ -8,7 +8,7 @@ import gc
 
 import pytest
 import torch
-from conftest import max_relative_error
+from helpers import max_relative_error
 
 from ldm import BERTConfig, BERTTextEncoder
 from weights.diffusers_keys import ldm_bert_from_diffusers, ldm_bert_table

@@ -6,8 +6,7 @@ the feed-forward; channels-last activations and in-place residuals change no val
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import max_relative_error
-from test_ldm_unet import SMALL_4_LEVEL, random_model
+from helpers import SMALL_4_LEVEL, max_relative_error, random_model
 
 from ldm import AutoencoderConfig, AutoencoderKL, UNetModel, conv
 from ldm.attention import FeedForward

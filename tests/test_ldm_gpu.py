@@ -12,13 +12,10 @@ measured ours/diffusers: UNet sd-1.5 bf16 1.54e-2/1.54e-2, VAE encode bf16 1.71e
 Our fp16 VAE decode runs in fp32 inside, so its error is below diffusers' fp16 decode (dry run:
 7.8e-4/1.7e-3; what remains is the weights rounded to fp16).
 """
-import sys
-from pathlib import Path
 
 import pytest
 import torch
-from conftest import load_golden, max_relative_error
-from test_ldm_unet import random_model
+from helpers import load_golden, max_relative_error, random_model
 
 from ldm import AutoencoderKL, UNetModel
 from weights import presets
@@ -29,8 +26,7 @@ DEVICE = "cuda"
 
 def reference_helpers():
     """tests/golden/fixtures_ldm.py (it imports diffusers), for `reference_unet` and `reference_vae`."""
-    sys.path.insert(0, str(Path(__file__).parent / "golden"))
-    import fixtures_ldm
+    from golden import fixtures_ldm
     return fixtures_ldm
 
 
@@ -91,7 +87,7 @@ def test_sdxl_full_unet_fp16_on_gpu_is_finite_and_as_close_to_fp32_as_diffusers(
     """SDXL base's full UNet (2.6 B parameters, random weights) in fp16: ours and diffusers' text_time UNet holding
     the same weights, each against diffusers' fp32 output on the same GPU (TF32 off), with pooled text and time ids."""
     from diffusers import UNet2DConditionModel
-    from test_ldm_unet_sdxl import converted, diffusers_sdxl_config
+    from helpers import converted, diffusers_sdxl_config
 
     from ldm.unet import vector_conditioning
     config = presets.get("sdxl-base-1.0").unet

@@ -2,29 +2,26 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import assert_matches_golden, in_float64, load_golden, max_relative_error, run_in_float64
+from helpers import (
+    SMALL_4_LEVEL,
+    assert_matches_golden,
+    in_float64,
+    load_golden,
+    max_relative_error,
+    random_model,
+    run_in_float64,
+)
 from torch import nn
 
-from ldm import UNetConfig, UNetModel
+from ldm import UNetModel
 from ldm.attention import multi_head_attention
 from ldm.unet import timestep_embedding
-from weights import fill_random_, presets
-
-# An SD-shaped UNet (4 levels, so 8x downsampling, attention at levels 1 and 2) small enough for shape tests.
-SMALL_4_LEVEL = UNetConfig(model_channels=32, channel_mult=(1, 1, 2, 2), num_res_blocks=1, attention_levels=(1, 2),
-                           num_heads=2, context_dim=32)
-
-
-def random_model(cls, config, seed: int):
-    """cls(config) with `fill_random_` weights, built on the meta device to skip the default init."""
-    with torch.device("meta"):
-        model = cls(config)
-    return fill_random_(model.to_empty(device="cpu"), seed).eval()
+from weights import presets
 
 
 def check_golden_unet(name: str) -> torch.Tensor:
     """Our UNet on the fixture's inputs against diffusers' stored output, within the float32 bound of
-    conftest.assert_matches_golden (our float32 error measured against the same UNet in float64, the
+    helpers.assert_matches_golden (our float32 error measured against the same UNet in float64, the
     reference's stored beside its output). Returns our float32 output."""
     golden = load_golden(name)
     model = random_model(UNetModel, presets.get(golden["preset"]).unet, golden["seed"])

@@ -5,43 +5,10 @@ from dataclasses import replace
 
 import pytest
 import torch
-from conftest import max_relative_error
+from helpers import SDXL, SMALL_SDXL, converted, diffusers_sdxl_config, max_relative_error, random_small_sdxl
 
 from ldm import UNetConfig, UNetModel
 from ldm.unet import timestep_embedding, vector_conditioning
-from weights import fill_random_, presets
-
-UNET_PREFIX = "model.diffusion_model."
-SDXL = presets.get("sdxl-base-1.0")
-# The same code path as the full UNet: three levels, attention at 1 and 2 with per-level depths (the middle
-# block takes the deepest level's, as in SDXL and as diffusers requires), Linear projections, head_dim,
-# y = [pooled (32) | 6 × 256].
-SMALL_SDXL = replace(SDXL.unet, model_channels=32, transformer_depth=(0, 1, 2), head_dim=8, context_dim=48,
-                     adm_in_channels=32 + 6 * 256)
-
-
-def diffusers_sdxl_config(c: UNetConfig) -> dict:
-    """UNet2DConditionModel's arguments for an SDXL-shaped config, as diffusers' single-file loader derives
-    them from sd_xl_base.yaml (`create_unet_diffusers_config_from_ldm`)."""
-    levels = range(len(c.channel_mult))
-    block_out_channels = [c.model_channels * m for m in c.channel_mult]
-    depths = [c.depth_at(i) for i in levels]
-    return dict(
-        sample_size=128, in_channels=c.in_channels, out_channels=c.out_channels,
-        down_block_types=["CrossAttnDownBlock2D" if i in c.attention_levels else "DownBlock2D" for i in levels],
-        up_block_types=["CrossAttnUpBlock2D" if i in c.attention_levels else "UpBlock2D" for i in reversed(levels)],
-        block_out_channels=block_out_channels, layers_per_block=c.num_res_blocks, cross_attention_dim=c.context_dim,
-        attention_head_dim=[c.heads_at(ch) for ch in block_out_channels],   # diffusers' name for the head count
-        use_linear_projection=c.use_linear_proj, norm_num_groups=c.norm_groups,
-        transformer_layers_per_block=depths, reverse_transformer_layers_per_block=None,
-        addition_embed_type="text_time", addition_time_embed_dim=256,
-        projection_class_embeddings_input_dim=c.adm_in_channels)
-
-
-def converted(state_dict: dict, c: UNetConfig) -> dict:
-    """Our state dict (published keys) through diffusers' own LDM -> diffusers converter."""
-    from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint
-    return convert_ldm_unet_checkpoint({UNET_PREFIX + k: v for k, v in state_dict.items()}, diffusers_sdxl_config(c))
 
 
 @pytest.mark.reference
@@ -84,12 +51,6 @@ def test_vector_conditioning_is_pooled_text_then_six_cos_sin_embeddings():
     assert torch.equal(y[:, :32], pooled)
     for i in range(6):
         assert torch.equal(y[:, 32 + 256 * i: 32 + 256 * (i + 1)], timestep_embedding(time_ids[:, i], 256))
-
-
-def random_small_sdxl(seed: int = 0) -> UNetModel:
-    with torch.device("meta"):
-        model = UNetModel(SMALL_SDXL)
-    return fill_random_(model.to_empty(device="cpu"), seed).eval()
 
 
 @pytest.mark.reference

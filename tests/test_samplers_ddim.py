@@ -1,8 +1,8 @@
 """DDIM (Song et al. 2021): timesteps, eq. 12, η, and parity with diffusers' DDIMScheduler."""
 import pytest
 import torch
-from conftest import load_golden
 from golden.fixtures_samplers import CASES
+from helpers import load_golden
 
 from samplers import DDIMSampler, NoiseSchedule, ddim_sample, ddim_sigma, ddim_timesteps
 

@@ -2,7 +2,7 @@
 EulerDiscreteScheduler (the SDXL pipelines' scheduler) in-process."""
 import pytest
 import torch
-from conftest import max_relative_error
+from helpers import max_relative_error
 
 from samplers import DDIMSampler, EulerSampler, NoiseSchedule
 

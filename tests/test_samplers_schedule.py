@@ -1,7 +1,7 @@
 """The noise schedule and the forward process q(z_t | z_0) (DDPM eqs. 2 and 4)."""
 import pytest
 import torch
-from conftest import load_golden
+from helpers import load_golden
 
 from samplers import NoiseSchedule
 

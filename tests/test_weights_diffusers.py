@@ -4,12 +4,13 @@ Reference tests: they need the reference extra (diffusers, transformers).
 """
 import json
 
+import fakes
 import pytest
 import torch
-from conftest import max_relative_error
+from helpers import max_relative_error
 
 import weights
-from weights import diffusers_keys, fakes, fill_random_, presets
+from weights import diffusers_keys, fill_random_, presets
 from weights.materialize import build_empty
 
 diffusers = pytest.importorskip("diffusers")
@@ -51,7 +52,7 @@ def save_small_pipeline(folder, kind: str):
 
 
 def clip_tokenizer(folder, pad: str):
-    """transformers' CLIPTokenizer on CLIP's published tables (weights.fakes writes them byte for byte)."""
+    """transformers' CLIPTokenizer on CLIP's published tables (tests/fakes.py writes them byte for byte)."""
     for name, content in fakes.tokenizer_files("sd1").items():
         (folder / name).parent.mkdir(parents=True, exist_ok=True)
         (folder / name).write_bytes(content)
@@ -191,7 +192,7 @@ def _shapes(tensors: dict) -> dict:
 def test_key_table_maps_full_size_diffusers_models_onto_ours(name):
     """Every key of diffusers' full-size UNet, VAE and transformers' text tower lands on ours, shapes equal.
 
-    The diffusers models are built from our published-style configs (weights.fakes), so this also
+    The diffusers models are built from our published-style configs (tests/fakes.py), so this also
     checks that those configs describe the same architecture to diffusers.
     """
     spec = presets.get(name)

@@ -4,13 +4,14 @@ Slow: writing the file takes seconds to a minute. The file lives in tmp_path and
 """
 from pathlib import Path
 
+import fakes
 import pytest
 import torch
+from helpers import linux_only, mapped_files
 from safetensors import safe_open
-from test_weights_load import linux_only, mapped_files
 
 import weights
-from weights import fakes, presets, single_file
+from weights import presets, single_file
 
 pytestmark = [pytest.mark.slow, linux_only]
 

@@ -14,14 +14,15 @@ import threading
 from dataclasses import replace
 from pathlib import Path
 
+import fakes
 import huggingface_hub
 import pytest
 import torch
+from helpers import TINY, TINY_SD2, assert_same_outputs, file_holding, linux_only, source_modules
 from huggingface_hub import constants
-from test_weights_load import TINY, TINY_SD2, assert_same_outputs, file_holding, linux_only, source_modules
 
 import weights
-from weights import fakes, presets
+from weights import presets
 from weights.errors import SourcesUnavailableError
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -11,6 +11,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
+from fakes import SCHEDULE_BUFFER_SHAPES, random_weights, write_hub_cache
 
 import weights
 from ldm import AutoencoderConfig, BERTConfig, UNetConfig
@@ -18,7 +19,6 @@ from samplers import DDIMSampler, NoiseSchedule
 from weights import ldm_txt2img, pickle_checkpoint, presets
 from weights.diffusers_keys import ldm_bert_to_diffusers, unet_to_diffusers, vae_to_diffusers
 from weights.errors import PickleRefusedError
-from weights.fakes import SCHEDULE_BUFFER_SHAPES, random_weights, write_hub_cache
 from weights.single_file import UNET_PREFIX, VAE_PREFIX
 
 NAME = "ldm-txt2img-f8-large"

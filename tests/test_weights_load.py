@@ -1,75 +1,21 @@
 """weights.load on local sources: "tiny", single files, diffusers folders, pickles, and every error.
 
-The files are written by `weights.fakes` in the published layouts with deterministic
+The files are written by `tests/fakes.py` in the published layouts with deterministic
 random weights, so each test knows exactly which values must come out.
 """
 import os
 import pickle
-import sys
 from dataclasses import replace
 from pathlib import Path
 
+import fakes
 import pytest
 import torch
+from helpers import TINY, TINY_SD2, assert_same_outputs, file_holding, linux_only, source_modules
 from safetensors.torch import load_file, save_file
 
 import weights
-from clip import TextConfig
-from weights import diffusers_keys, fakes, fill_random_, presets, single_file
-from weights.load import TINY_MODEL_SEEDS
-
-TINY = presets.get("tiny")
-# An SD-2-shaped tiny model: open_clip text layout with a skipped last block, head_dim attention,
-# Linear proj_in/proj_out, v-prediction.
-TINY_SD2 = replace(TINY, name="tiny-sd2", prediction_type="v",
-                   unet=replace(TINY.unet, num_heads=None, head_dim=16, use_linear_proj=True, upcast_attention=True),
-                   text=TextConfig(layout="sd2", width=32, layers=3, heads=4, activation="gelu", skip_last_layers=1))
-
-
-def source_modules(spec):
-    """The modules the fake files were made from: fill_random_ with the loader's seeds."""
-    return (fill_random_(spec.build_unet(), TINY_MODEL_SEEDS["unet"]).eval(),
-            fill_random_(spec.build_vae(), TINY_MODEL_SEEDS["vae"]).eval(),
-            fill_random_(spec.build_text_encoder(), TINY_MODEL_SEEDS["text_encoder"]).eval())
-
-
-@torch.no_grad()
-def outputs(unet, vae, text_encoder, tokenizer):
-    generator = torch.Generator().manual_seed(0)
-    ids = tokenizer(["a photo of a cat", ""])
-    context = text_encoder(ids)
-    latents = torch.randn(2, 4, 8, 8, generator=generator)
-    image = torch.rand(1, 3, 64, 64, generator=generator) * 2 - 1
-    return {"context": context, "eps": unet(latents, torch.tensor([999, 1]), context),
-            "mean": vae.encode(image).mean, "decoded": vae.decode(latents[:1])}
-
-
-def assert_same_outputs(loaded, modules, tokenizer):
-    got, want = outputs(loaded.unet, loaded.vae, loaded.text_encoder, tokenizer), outputs(*modules, tokenizer)
-    for name in want:
-        torch.testing.assert_close(got[name], want[name], rtol=0, atol=0, msg=name)
-
-
-def mapped_files() -> dict[str, list[tuple[int, int]]]:
-    """{file: [(start, end)]} of this process's file mappings (Linux /proc/self/maps)."""
-    ranges = {}
-    for line in Path("/proc/self/maps").read_text().splitlines():
-        fields = line.split(maxsplit=5)
-        if len(fields) == 6 and fields[5].startswith("/"):
-            start, end = (int(x, 16) for x in fields[0].split("-"))
-            ranges.setdefault(fields[5], []).append((start, end))
-    return ranges
-
-
-def file_holding(tensor: torch.Tensor) -> str | None:
-    address = tensor.data_ptr()
-    for path, spans in mapped_files().items():
-        if any(start <= address < end for start, end in spans):
-            return path
-    return None
-
-
-linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/maps")
+from weights import diffusers_keys, presets, single_file
 
 
 # ----------------------------------------------------------------------------- tiny

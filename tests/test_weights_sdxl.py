@@ -1,48 +1,26 @@
 """Loading SDXL base 1.0: the single file's layout (`conditioner.embedders.0.transformer.`,
 `conditioner.embedders.1.model.`, its non-weights) and the preset through the Hub cache, on a small
 SDXL-shaped model standing in for the preset (no full-size SDXL network is ever allocated here)."""
-from dataclasses import replace
 
+import fakes
 import pytest
 import torch
+from helpers import SDXL_FILE_PREFIXES, SMALL_SDXL_SPEC, sdxl_file_tensors
 from safetensors.torch import save_file
 
 import weights
 from ldm.unet import vector_conditioning
-from weights import fakes, presets, single_file
+from weights import presets
 from weights.errors import StateDictMismatchError, UnsupportedModelError
 from weights.random_init import random_tensor
 
 SDXL = presets.get("sdxl-base-1.0")
-SMALL = replace(
-    SDXL,
-    unet=replace(SDXL.unet, model_channels=32, transformer_depth=(0, 1, 2), head_dim=8, context_dim=16 + 32,
-                 adm_in_channels=32 + 6 * 256),
-    vae=presets.get("tiny").vae,
-    text=replace(SDXL.text, width=16, layers=2, heads=2),
-    text_2=replace(SDXL.text_2, width=32, layers=2, heads=4, projection_dim=32))
-PREFIXES = {"unet": single_file.UNET_PREFIX, "vae": single_file.VAE_PREFIX, **single_file.SDXL_TEXT_PREFIXES}
-
-
-def sdxl_file_tensors(spec=SMALL) -> dict:
-    """An SDXL single file's tensors: every network under its published prefix, random values by name,
-    plus the non-weights the published file carries (ViT-L's position ids, the denoiser's σ table)."""
-    tensors = {}
-    builders = {"unet": spec.build_unet, "vae": spec.build_vae, "text_encoder": spec.build_text_encoder,
-                "text_encoder_2": spec.build_text_encoder_2}
-    for part, build in builders.items():
-        with torch.device("meta"):
-            shapes = {k: v.shape for k, v in build().state_dict().items()}
-        tensors.update({PREFIXES[part] + k: random_tensor(k, s, seed=len(part)).half() for k, s in shapes.items()})
-    tensors[PREFIXES["text_encoder"] + "text_model.embeddings.position_ids"] = torch.arange(77)[None]
-    tensors["denoiser.sigmas"] = torch.rand(1000)
-    return tensors
 
 
 @pytest.fixture
 def small_sdxl_preset(monkeypatch):
-    monkeypatch.setitem(presets._PRESETS, "sdxl-base-1.0", SMALL)
-    return SMALL
+    monkeypatch.setitem(presets._PRESETS, "sdxl-base-1.0", SMALL_SDXL_SPEC)
+    return SMALL_SDXL_SPEC
 
 
 def test_sdxl_preset_facts():
@@ -64,7 +42,7 @@ def test_sdxl_single_file_loads_both_towers_under_their_prefixes(tmp_path, small
     assert loaded.tokenizer.pad_id == 49407 and loaded.tokenizer_2.pad_id == 0
     for part in ("unet", "vae", "text_encoder", "text_encoder_2"):
         for key, value in getattr(loaded, part).state_dict().items():
-            assert torch.equal(value, tensors[PREFIXES[part] + key].float()), (part, key)
+            assert torch.equal(value, tensors[SDXL_FILE_PREFIXES[part] + key].float()), (part, key)
     ids = loaded.tokenizer_2(["a cat"])
     with torch.no_grad():
         context = torch.cat([loaded.text_encoder(loaded.tokenizer(["a cat"])), loaded.text_encoder_2(ids)], dim=-1)
@@ -102,13 +80,13 @@ def test_sdxl_preset_offline_with_an_empty_cache_names_the_file_and_the_command(
 
 
 # ----------------------------------------------------------------------------- diffusers folders
-def sdxl_folder_files(spec=SMALL) -> tuple[dict, dict]:
+def sdxl_folder_files(spec=SMALL_SDXL_SPEC) -> tuple[dict, dict]:
     """({relative path: bytes or tensors} of a StableDiffusionXLPipeline folder of `spec`, as published:
     both towers complete (text_encoder 12 blocks, text_encoder_2 a CLIPTextModelWithProjection), the
     tokenizer_2 padding with "!"; {part: our state dict} the weights came from)."""
     import json
 
-    from test_clip_text_sdxl import open_clip_to_transformers
+    from helpers import open_clip_to_transformers
 
     from weights import diffusers_keys as keys
     ours = {}
@@ -170,7 +148,7 @@ def test_sdxl_diffusers_folder_loads_both_towers_and_tokenizers(tmp_path):
     files, ours = sdxl_folder_files()
     loaded = weights.load(write_files(tmp_path / "sdxl", files))
     spec = loaded.spec
-    assert spec.unet == SMALL.unet and spec.text == SMALL.text and spec.text_2 == SMALL.text_2
+    assert (spec.unet, spec.text, spec.text_2) == (SMALL_SDXL_SPEC.unet, SMALL_SDXL_SPEC.text, SMALL_SDXL_SPEC.text_2)
     assert (spec.scale_factor, spec.image_size, spec.guidance_scale) == (0.13025, 1024, 5.0)
     assert loaded.tokenizer.pad_id == 49407 and loaded.tokenizer_2.pad_id == 0
     for part in ("unet", "vae", "text_encoder", "text_encoder_2"):
@@ -192,7 +170,7 @@ def test_sdxl_folder_whose_unet_does_not_attend_to_both_towers_is_refused(tmp_pa
 
 
 # ----------------------------------------------------------------------------- the fp16-fix VAE
-def fp16_fix_files(spec=SMALL) -> tuple[dict, dict]:
+def fp16_fix_files(spec=SMALL_SDXL_SPEC) -> tuple[dict, dict]:
     """madebyollin/sdxl-vae-fp16-fix's layout: a diffusers AutoencoderKL folder at the repository's root."""
     import json
 
@@ -212,7 +190,7 @@ def test_fp16_fix_vae_loads_from_the_hub_cache_offline(offline_cache):
     vae = load_vae("fp16-fix", dtype=torch.float16)
     state = vae.state_dict()
     assert all(torch.equal(state[k].reshape(v.shape), v.half()) for k, v in ours.items())
-    assert vae.config == SMALL.vae
+    assert vae.config == SMALL_SDXL_SPEC.vae
 
 
 def test_fp16_fix_vae_offline_with_an_empty_cache_names_the_command(offline_cache):

@@ -265,8 +265,8 @@ def check_vocabulary(file: Path, vocabulary: dict) -> None:
             f"{file}: a vocabulary of {len(vocabulary)} entries with <|startoftext|>={specials['<|startoftext|>']}, "
             f"<|endoftext|>={specials['<|endoftext|>']}; supported: CLIP's BPE vocabulary, {VOCAB_SIZE} entries with "
             f"<|startoftext|>={BOS_ID}, <|endoftext|>={EOS_ID}, as every SD 1.x/2.x folder has. Replace the "
-            f"folder's tokenizer/ with CLIP's (e.g. `weights.fakes.tokenizer_files`) and its text encoder with one "
-            f"of vocab_size {VOCAB_SIZE}")
+            f"folder's tokenizer/ with CLIP's (vocab.json and merges.txt of any SD 1.x/2.x repository) and its text "
+            f"encoder with one of vocab_size {VOCAB_SIZE}")
 
 
 def _absent_from_transformers(module, tensors: dict) -> dict:

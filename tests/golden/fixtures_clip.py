@@ -1,4 +1,4 @@
-"""Golden fixtures of the clip package (run through tests/golden/make_fixtures.py --only clip).
+"""Golden fixtures of the clip package (`cd tests && python -m golden.make_fixtures --only clip`).
 
 References and how they are reached here:
 
@@ -57,10 +57,10 @@ from pathlib import Path
 
 import ftfy
 import torch
+from fakes import clip_vocab_files
 
 from clip import TextConfig, TextEncoder
 from weights import fill_random_
-from weights.fakes import clip_vocab_files
 
 SEED = 0
 BOS, EOS = 49406, 49407

@@ -23,20 +23,14 @@ from diffusers.loaders.single_file_utils import (
     convert_ldm_unet_checkpoint,
     convert_ldm_vae_checkpoint,
 )
+from helpers import random_model
 
 from ldm import AutoencoderConfig, AutoencoderKL, UNetConfig, UNetModel
-from weights import fill_random_, presets
+from weights import presets
 
 UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."
 TIMESTEPS = [999, 421, 1]
-
-
-def random_model(cls, config, seed: int):
-    """cls(config) with `fill_random_` weights, built on the meta device to skip the default init."""
-    with torch.device("meta"):
-        model = cls(config)
-    return fill_random_(model.to_empty(device="cpu"), seed).eval()
 
 
 # --- the UNet -------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Golden fixtures of CLIP ranking (run through tests/golden/make_fixtures.py --only rank).
+"""Golden fixtures of CLIP ranking (`cd tests && python -m golden.make_fixtures --only rank`).
 
 References:
 

@@ -8,12 +8,15 @@ deterministic random weights of `weights.random_init` where it has weights, runs
 seeded inputs and returns {tensor name: tensor}, inputs included. They are saved as
 tests/golden/data/<name>.safetensors with the reference versions in the metadata.
 A value that is not a tensor (a key list, a token list: anything JSON can hold) is
-stored as JSON in the metadata under "json.<name>"; tests/conftest.py's load_golden
+stored as JSON in the metadata under "json.<name>"; tests/helpers.py's load_golden
 returns both kinds.
 
-    python tests/golden/make_fixtures.py                 # regenerate all
-    python tests/golden/make_fixtures.py --only ddim     # names containing "ddim"
-    python tests/golden/make_fixtures.py --check         # regenerate in memory and compare
+    cd tests && python -m golden.make_fixtures               # regenerate all
+    cd tests && python -m golden.make_fixtures --only ddim   # names containing "ddim"
+    cd tests && python -m golden.make_fixtures --check       # regenerate in memory and compare
+
+It runs from tests/ as a module, so that the fixture scripts import the tests' own helpers (tests/helpers.py,
+tests/fakes.py) and golden.precision as the tests do; the packages come from the installed project.
 
 Each fixture function that takes a `dtype` runs twice: in float32 (what is stored) and in float64
 with the same float32 noise (tests/golden/precision.py). Every result that the two runs compute
@@ -36,14 +39,11 @@ from importlib import metadata
 from pathlib import Path
 
 import torch
+from golden.precision import ERROR_SUFFIX, add_float32_errors, float32_draws, golden_bound
 from safetensors.torch import load_file, save_file
 
 HERE = Path(__file__).resolve().parent
 DATA = HERE / "data"
-sys.path.insert(0, str(HERE.parent.parent))  # the repository root, for `weights`, `ldm`, ...
-sys.path.insert(0, str(HERE))                # precision.py
-
-from precision import ERROR_SUFFIX, add_float32_errors, float32_draws, golden_bound  # noqa: E402
 
 REFERENCES = ("torch", "diffusers", "transformers", "open_clip_torch")
 

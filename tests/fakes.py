@@ -1,4 +1,4 @@
-"""Files laid out exactly like the published ones, filled with deterministic random weights.
+"""Test fakes: files laid out exactly like the published ones, filled with deterministic random weights.
 
 No test can download 5 GB, and no test should: the loader's job is names, shapes, layouts
 and errors, and those can be checked on files that look like the published ones in every
@@ -25,13 +25,12 @@ import torch
 from safetensors.torch import save_file
 
 from clip.tokenizer import read_bpe_merges, vocabulary_from_merges
-
-from . import diffusers_keys as keys
-from .load import TINY_MODEL_SEEDS
-from .materialize import build_empty
-from .presets import ModelSpec
-from .random_init import random_tensor
-from .single_file import TEXT_PREFIXES, UNET_PREFIX, VAE_PREFIX
+from weights import diffusers_keys as keys
+from weights.load import TINY_MODEL_SEEDS
+from weights.materialize import build_empty
+from weights.presets import ModelSpec
+from weights.random_init import random_tensor
+from weights.single_file import TEXT_PREFIXES, UNET_PREFIX, VAE_PREFIX
 
 SCHEDULE_BUFFER_SHAPES = {"betas": (1000,), "alphas_cumprod": (1000,), "alphas_cumprod_prev": (1000,),
                           "sqrt_alphas_cumprod": (1000,), "sqrt_one_minus_alphas_cumprod": (1000,),
