@@ -22,7 +22,7 @@ The two towers differ in four ways:
 | width / heads / blocks | 768 / 12 / 12 | 1024 / 16 / 24 |
 | activation | quick-GELU, x·σ(1.702x) | GELU (erf) |
 | output | last block, then final LN | block 23 of 24, then final LN |
-| parameter names | transformers' `text_model.*`, separate q/k/v projections | open_clip's, fused `in_proj_weight` = [W_q; W_k; W_v] |
+| names | transformers' `text_model.*`, separate q/k/v | open_clip's, fused `in_proj_weight` = [W_q; W_k; W_v] |
 
 The attribute names follow the published checkpoints, so `state_dict()` keys equal
 the keys under `cond_stage_model.transformer.` (SD 1) or `cond_stage_model.model.` (SD 2)

@@ -197,7 +197,7 @@ class Tokenizer:
             raise ValueError(f"unknown tokenizer style {style!r}; expected one of {sorted(STYLES)}")
         if len(vocabulary) != VOCAB_SIZE:
             raise ValueError(f"{source}: expected {VOCAB_SIZE} vocabulary entries, found {len(vocabulary)}")
-        for name, expected in zip(_VOCAB_NAMES_OF_SPECIALS, (BOS_ID, EOS_ID)):
+        for name, expected in zip(_VOCAB_NAMES_OF_SPECIALS, (BOS_ID, EOS_ID), strict=True):
             if vocabulary.get(name) != expected:
                 raise ValueError(f"{source}: expected {name} to have id {expected}, found {vocabulary.get(name)}")
         missing = [m for m in merges if "".join(m) not in vocabulary]
@@ -209,7 +209,7 @@ class Tokenizer:
         self.merge_ranks = {pair: rank for rank, pair in enumerate(merges)}
         self.byte_to_symbol = byte_symbols()
         self.symbol_to_byte = {s: b for b, s in self.byte_to_symbol.items()}
-        self.special_ids = dict(zip(self.style.special_text, (BOS_ID, EOS_ID)))
+        self.special_ids = dict(zip(self.style.special_text, (BOS_ID, EOS_ID), strict=True))
         # Step 2: the special spellings, the contractions, letter runs, single digits, other non-space runs.
         specials = "|".join(regex.escape(s) for s in self.style.special_text)
         self.pattern = regex.compile(specials + r"|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+",
@@ -235,7 +235,7 @@ class Tokenizer:
             return self.cache[piece]
         symbols = [*piece[:-1], piece[-1] + WORD_END]
         while len(symbols) > 1:
-            pairs = list(zip(symbols, symbols[1:]))
+            pairs = list(zip(symbols, symbols[1:], strict=False))
             best = min(pairs, key=lambda pair: self.merge_ranks.get(pair, NUM_MERGES))
             if best not in self.merge_ranks:
                 break                                   # no adjacent pair is mergeable

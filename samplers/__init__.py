@@ -1,10 +1,16 @@
 """The noise schedule, q(z_t|z_0), the ε / x̂0 / v conversions, DDIM, Euler and classifier-free guidance."""
-from .schedule import NoiseSchedule
-from .parameterization import (predict_eps_from_v, predict_eps_from_x0, predict_x0_from_eps, predict_x0_from_v,
-                               v_from_eps_and_x0, x0_and_eps)
 from .ddim import DDIMSampler, ddim_sample, ddim_sigma, ddim_timesteps, ddim_update
 from .euler import EulerSampler
 from .guidance import as_conditioning, classifier_free_guidance, guided_model_output
+from .parameterization import (
+                               predict_eps_from_v,
+                               predict_eps_from_x0,
+                               predict_x0_from_eps,
+                               predict_x0_from_v,
+                               v_from_eps_and_x0,
+                               x0_and_eps,
+)
+from .schedule import NoiseSchedule
 
 __all__ = [
     "NoiseSchedule", "DDIMSampler", "EulerSampler", "ddim_sample", "ddim_sigma", "ddim_timesteps", "ddim_update",

@@ -240,7 +240,7 @@ def text_to_transformers(tensors: dict, config: TextConfig) -> dict:
             continue
         if key.endswith(("attn.in_proj_weight", "attn.in_proj_bias")):
             layer, kind = int(key.split(".")[2]), key.rsplit("_", 1)[-1]
-            for name, piece in zip(("q_proj", "k_proj", "v_proj"), value.chunk(3)):
+            for name, piece in zip(("q_proj", "k_proj", "v_proj"), value.chunk(3), strict=True):
                 out[f"text_model.encoder.layers.{layer}.self_attn.{name}.{kind}"] = piece
             continue
         out[_rename(key, lookup)] = value

@@ -10,9 +10,9 @@ the same names, in the order `weights.hub.fetch` tries them (see weights/LOADING
 """
 from dataclasses import dataclass, field, replace
 
+from clip import TextConfig, TextEncoder, Tokenizer
 from ldm import AutoencoderConfig, AutoencoderKL, BERTConfig, BERTTextEncoder, UNetConfig, UNetModel
 from ldm.wordpiece import WordPieceTokenizer
-from clip import TextConfig, TextEncoder, Tokenizer
 from samplers import NoiseSchedule
 
 
@@ -102,7 +102,7 @@ class LDMSpec(ModelSpec):
     def build_tokenizer(self, vocab_file=None) -> WordPieceTokenizer:
         """The WordPiece tokenizer of `vocab_file` (a vocab.txt), by default the model's (from the Hub cache)."""
         if vocab_file is None:
-            from .ldm_txt2img import fetch_vocabulary   # the Hub, only when no file is given
+            from .ldm_txt2img import fetch_vocabulary  # the Hub, only when no file is given
             vocab_file = fetch_vocabulary(self)
         return WordPieceTokenizer(vocab_file, context_length=self.text.max_seq_len)
 
