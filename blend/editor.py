@@ -29,16 +29,22 @@ import torch
 from PIL import Image
 
 import weights
+from clip import CLIPModel
 from samplers import DDIMSampler, EulerSampler
-from weights.load import load_vae
+from weights.load import Components, load_vae
 
 from .algorithm import blended_latent_diffusion
 from .errors import EditInputError
 from .images import image_to_tensor, read_image, read_mask, tensor_to_image
+from .interfaces import StepCallback
 from .masks import resize_mask, threshold_mask
 from .options import option_problem, size_multiple_of, warn_if_large
 from .rank import rank as rank_by_clip
 from .reconstruction import decoder_parameters, finetune_decoder, optimise_latent, paste_background
+
+# What blend.images reads: a photograph as a path or a PIL image; a mask also as an array or a tensor.
+ImageInput = str | Path | Image.Image
+MaskInput = str | Path | Image.Image | np.ndarray | torch.Tensor
 
 
 def load_model(model="sd-2.1-base", *, dtype=None, device="cpu", allow_pickle: bool = False):
@@ -63,10 +69,12 @@ def working_size(image_size: tuple, long_side: int, multiple: int = 64) -> tuple
 
 
 @torch.no_grad()
-def edit(image, mask, prompt: str, *, model="sd-2.1-base", steps: int = 50, guidance_scale: float | None = None,
-         start: float = 0.25, num_samples: int = 4, seed: int = 42, variant: str = "paper", shrink=False,
-         reconstruction: str = "none", dtype=None, device: str | None = None, size: int | None = None,
-         callback=None, rank: str | None = None, ranker=None, vae=None) -> list:
+def edit(image: ImageInput, mask: MaskInput, prompt: str, *, model: str | Path | Components = "sd-2.1-base",
+         steps: int = 50, guidance_scale: float | None = None, start: float = 0.25, num_samples: int = 4,
+         seed: int = 42, variant: str = "paper", shrink: bool = False, reconstruction: str = "none",
+         dtype: torch.dtype | None = None, device: str | None = None, size: int | None = None,
+         callback: StepCallback | None = None, rank: str | Path | None = None, ranker: CLIPModel | None = None,
+         vae: str | Path | torch.nn.Module | None = None) -> list[Image.Image]:
     """Edit `image` inside `mask` (white = edit) towards `prompt`; returns `num_samples` PIL images.
 
     model: "toy" (offline, exact; weights/toy.py), "tiny" (random weights: noise by design), a

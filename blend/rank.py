@@ -14,12 +14,13 @@ bicubic, centre crop), which is the same crop for square images. Its ranker is V
 import torch
 from PIL import Image
 
-from clip import cosine_distance
+from clip import CLIPModel, cosine_distance
 
 from .images import images_to_tensor, read_mask
 
 
-def rank(images, prompt: str, mask, clip_model: str = "ViT-B/16", *, ranker=None) -> tuple[list[int], list[float]]:
+def rank(images: list | torch.Tensor, prompt: str, mask, clip_model: str = "ViT-B/16", *,
+         ranker: CLIPModel | None = None) -> tuple[list[int], list[float]]:
     """Order `images` by the CLIP distance of their masked region to `prompt`, best (lowest) first.
 
     images: a list of PIL images, or an (N, 3, H, W) tensor in [−1, 1].
