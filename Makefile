@@ -1,7 +1,7 @@
 # The README's two commands:
 #   make demo   set up .venv and edit the shipped example (offline)
 #   make test   set up .venv with the test and reference extras and run the test suite
-# Also: make fast (the tests without the slow and reference markers), make lint (ruff, ruff.toml).
+# Also: make fast (the tests without the slow, reference, processes and browser markers), make lint (ruff).
 # GPU machines get PyPI's CUDA build of torch; machines without `nvidia-smi` get the CPU build.
 
 PYTHON ?= python3
@@ -21,7 +21,7 @@ test: setup-test
 	$(PY) -m pytest -q
 
 fast: setup-test
-	$(PY) -m pytest -q -m "not slow and not reference"
+	$(PY) -m pytest -q -m "not slow and not reference and not processes and not browser"
 
 lint: setup-test
 	$(PY) -m ruff check .

@@ -256,6 +256,7 @@ def test_requests_for_another_host_or_from_another_origin_are_refused(server):
     assert status == 403 and list(server.out.iterdir()) == []
 
 
+@pytest.mark.processes
 def test_ctrl_c_stops_python_m_blend_app_cleanly_and_removes_the_running_jobs_folder(tmp_path):
     out = tmp_path / "out"
     process = subprocess.Popen([sys.executable, "-m", "blend.app", "--model", "toy", "--port", "0", "--out", str(out)],
@@ -373,6 +374,7 @@ def test_previews_decode_x0_through_the_autoencoder_of_the_tiny_sd_model(tmp_pat
         thread.join(10)
 
 
+@pytest.mark.processes
 def test_python_m_blend_app_warns_off_loopback_and_refuses_an_unknown_model_before_loading(tmp_path):
     from blend.app.server import is_loopback
     assert all(map(is_loopback, ("127.0.0.1", "127.1.2.3", "::1", "[::1]", "localhost")))

@@ -82,6 +82,7 @@ def assert_whole(out: Path, item_id: str, results: int, ranked: bool = True):
         assert distances == sorted(distances)              # best (lowest) first
 
 
+@pytest.mark.processes
 def test_batch_under_torchrun_two_processes_writes_each_item_whole_resumes_and_matches_one_process(tmp_path):
     manifest = write_inputs(tmp_path / "in")
     two, one = tmp_path / "two", tmp_path / "one"
@@ -115,6 +116,7 @@ def test_batch_under_torchrun_two_processes_writes_each_item_whole_resumes_and_m
            {name: value[2] for name, value in written.items()}                           # the same bytes
 
 
+@pytest.mark.processes
 def test_batch_killed_mid_way_leaves_no_half_written_item_and_resumes(tmp_path):
     folder = tmp_path / "in"
     manifest = write_inputs(folder)
@@ -151,6 +153,7 @@ def test_batch_killed_mid_way_leaves_no_half_written_item_and_resumes(tmp_path):
     assert {name: files_of(out)[name] for name in kept} == kept  # finished items untouched
 
 
+@pytest.mark.processes
 def test_batch_stops_on_sigterm_with_status_130_and_nothing_written(tmp_path):
     manifest = write_inputs(tmp_path / "in")
     manifest.write_text(json.dumps({"id": "slow", "image": "photo.png", "mask": "mask.png", "prompt": "a cat"}) + "\n")
@@ -218,6 +221,7 @@ def test_batch_redo_replaces_each_folder_whole(tmp_path, capsys):
     assert sorted(path.name for path in out.iterdir()) == ["cat"]
 
 
+@pytest.mark.processes
 def test_default_seed_is_sha256_of_the_id_stable_across_processes():
     assert default_seed("cat-01") == int.from_bytes(hashlib.sha256(b"cat-01").digest()[:8], "big")
     assert default_seed("cat-01") == 748934552734970733                # the same in every run
@@ -300,6 +304,7 @@ def test_batch_refuses_more_processes_per_machine_than_gpus(monkeypatch):
     assert choose_device(Process(local_rank=3)) == (torch.device("cpu"), None)   # no GPUs: the CPU, any rank
 
 
+@pytest.mark.processes
 @pytest.mark.gpu
 def test_batch_under_torchrun_on_gpus_uses_nccl_and_resumes(tmp_path):
     import torch
@@ -314,6 +319,7 @@ def test_batch_under_torchrun_on_gpus_uses_nccl_and_resumes(tmp_path):
     assert "6 items: 0 done, 5 skipped, 1 failed" in summary_of(second), second.stderr
 
 
+@pytest.mark.processes
 def test_batch_under_torchrun_prints_a_bad_manifest_line_once_and_makes_nothing(tmp_path):
     folder = tmp_path / "in"
     write_inputs(folder)

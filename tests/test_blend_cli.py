@@ -125,6 +125,7 @@ def test_cli_bad_input_exits_2_with_a_message_and_writes_nothing(tmp_path, capsy
     assert not out.exists()
 
 
+@pytest.mark.processes
 def test_cli_without_weights_exits_nonzero_with_one_paragraph(tmp_path):
     # `python -m blend` with no arguments uses SD 2.1-base; with the Hub offline and an empty cache it must
     # fail fast with one paragraph: what failed, how to get the files, a local checkpoint, --model toy.
@@ -344,6 +345,7 @@ def tiny_ckpt(tmp_path):
     return folder / "model.ckpt"
 
 
+@pytest.mark.processes
 def test_cli_ckpt_is_refused_with_the_whole_instructions_and_the_command_works_pasted(tmp_path, capsys,
                                                                                      tiny_ckpt):
     message = assert_refused(tmp_path, capsys, ["--model", str(tiny_ckpt)], "a pickle checkpoint", "--allow-pickle",

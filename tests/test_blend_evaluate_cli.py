@@ -32,6 +32,7 @@ def run_batch(manifest: Path, out: Path, *options):
     assert done.returncode == 0, done.stderr
 
 
+@pytest.mark.processes
 @pytest.mark.slow
 def test_make_benchmark_then_batch_then_evaluate_gives_table_1_for_paper_and_official(tmp_path, capsys):
     manifest = tmp_path / "bench.jsonl"

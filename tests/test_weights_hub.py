@@ -235,6 +235,7 @@ def test_unreachable_hub_falls_back_to_the_cache_and_else_says_so(offline_cache,
     assert weights.load("sd-2.1").spec.name == "sd-2.1"
 
 
+@pytest.mark.processes
 def test_hf_home_and_hf_hub_offline_from_the_environment_are_respected(tmp_path):
     write_repository(tmp_path / "home" / "hub", "sd-1.5")
     env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
