@@ -6,10 +6,12 @@ rounding and measured, never fixed (tests/golden/precision.py says how). A *bitw
 in-process, against the reference that the test extras install (tests marked `reference`). The fakes of
 published files are in tests/fakes.py.
 """
+import contextlib
 import copy
 import importlib.util
 import json
 import sys
+import threading
 from dataclasses import replace
 from pathlib import Path
 
@@ -258,3 +260,20 @@ def file_holding(tensor: torch.Tensor) -> str | None:
 
 
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/maps")
+
+
+# --- the paint-and-edit server --------------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def running_edit_server(components, out: Path):
+    """blend.app's server for `components` on a free loopback port, serving in a thread until the block ends."""
+    from blend.app import EditServer
+    server = EditServer(components, components.spec.name, out, port=0, quiet=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.close()
+        thread.join(10)

@@ -14,9 +14,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import running_edit_server
 from PIL import Image
 
-from blend.app import MAX_UPLOAD_BYTES, EditServer
+from blend.app import MAX_UPLOAD_BYTES
 from blend.cli import EXAMPLE_IMAGE
 from blend.cli import main as cli_main
 from blend.editor import load_model
@@ -32,13 +33,8 @@ def toy():
 
 @pytest.fixture
 def server(toy, tmp_path):
-    server = EditServer(toy, "toy", tmp_path / "out", port=0, quiet=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
-    server.close()
-    thread.join(10)
+    with running_edit_server(toy, tmp_path / "out") as server:
+        yield server
 
 
 def photo_and_mask(width=128, height=96):
@@ -355,10 +351,7 @@ def test_a_ninth_waiting_job_is_refused_with_503(server, monkeypatch):
 
 def test_previews_decode_x0_through_the_autoencoder_of_the_tiny_sd_model(tmp_path):
     """The SD path (tiny: random weights, a real AutoencoderKL): x̂0 = D(x0_fg / s) at the working size, step 1 shown."""
-    server = EditServer(load_model("tiny"), "tiny", tmp_path / "out", port=0, quiet=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with running_edit_server(load_model("tiny"), tmp_path / "out") as server:
         photo, mask = photo_and_mask()
         status, answer = post_edit(server, image=png(photo), mask=png(mask), prompt="a cat", steps=8, samples=1,
                                    size=64)
@@ -368,10 +361,6 @@ def test_previews_decode_x0_through_the_autoencoder_of_the_tiny_sd_model(tmp_pat
         assert job["previews"][0].endswith("/preview_001.png")
         assert fetch_image(server, job["previews"][0]).shape == (48, 64, 3)   # the 64x48 working image
         assert fetch_image(server, job["results"][0]).shape == (96, 128, 3)   # the photograph's size
-    finally:
-        server.shutdown()
-        server.close()
-        thread.join(10)
 
 
 @pytest.mark.processes

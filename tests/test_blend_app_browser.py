@@ -9,16 +9,15 @@ import io
 import json
 import os
 import shutil
-import threading
 import time
 import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import running_edit_server
 from PIL import Image
 
-from blend.app import EditServer
 from blend.cli import EXAMPLE_IMAGE
 from blend.editor import load_model
 
@@ -56,13 +55,8 @@ def chrome_driver():
 
 @pytest.fixture
 def server(tmp_path):
-    server = EditServer(load_model("toy"), "toy", tmp_path / "out", port=0, quiet=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
-    server.close()
-    thread.join(10)
+    with running_edit_server(load_model("toy"), tmp_path / "out") as server:
+        yield server
 
 
 def get(server, url: str) -> bytes:
