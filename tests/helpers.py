@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 from golden.precision import ERROR_SUFFIX, float32_draws, float32_error, golden_bound
+from parity import max_relative_error, random_model  # noqa: F401  (tests import them from here)
 from safetensors import safe_open
 from safetensors.torch import load_file
 
@@ -44,11 +45,6 @@ def load_golden(name: str) -> dict:
         metadata = f.metadata() or {}
     values.update({k[len("json."):]: json.loads(v) for k, v in metadata.items() if k.startswith("json.")})
     return values
-
-
-def max_relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    """max|a − e| / max|e|: the figure the parity tests bound."""
-    return ((actual.double() - expected.double()).abs().max() / expected.double().abs().max()).item()
 
 
 def in_float64(module: torch.nn.Module) -> torch.nn.Module:
@@ -94,13 +90,6 @@ def missing_reference_packages() -> list:
 
 
 # --- random networks and small stand-ins ------------------------------------------------------------------------
-
-def random_model(cls, config, seed: int):
-    """cls(config) with `fill_random_` weights, built on the meta device to skip the default init."""
-    with torch.device("meta"):
-        model = cls(config)
-    return fill_random_(model.to_empty(device="cpu"), seed).eval()
-
 
 # An SD-shaped UNet (4 levels, so 8x downsampling, attention at levels 1 and 2) small enough for shape tests.
 SMALL_4_LEVEL = UNetConfig(model_channels=32, channel_mult=(1, 1, 2, 2), num_res_blocks=1, attention_levels=(1, 2),

@@ -25,9 +25,9 @@ DEVICE = "cuda"
 
 
 def reference_helpers():
-    """tests/golden/fixtures_ldm.py (it imports diffusers), for `reference_unet` and `reference_vae`."""
-    from golden import fixtures_ldm
-    return fixtures_ldm
+    """tests/parity.py, for `reference_unet` and `reference_vae` (they import diffusers when called)."""
+    import parity
+    return parity
 
 
 def assert_as_close_as_diffusers(ours: torch.Tensor, reference: torch.Tensor, expected: torch.Tensor, what: str):

@@ -194,10 +194,10 @@ def test_ldm_preset_with_neither_source_cached_offline_names_both_repositories(o
 @pytest.mark.reference
 def test_ldm_unet_parity_context_1280_fp32_against_diffusers_through_its_ldm_converter():
     """The preset's UNet (SD 1 layout, context 1280) against diffusers' UNet2DConditionModel holding the
-    same random weights, moved by diffusers' own `convert_ldm_unet_checkpoint` (tests/golden/fixtures_ldm.py)."""
+    same random weights, moved by diffusers' own `convert_ldm_unet_checkpoint` (tests/parity.py)."""
     import gc
 
-    from golden.fixtures_ldm import random_model, reference_unet
+    from parity import random_model, reference_unet
 
     from ldm import UNetModel
 

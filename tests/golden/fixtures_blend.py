@@ -4,6 +4,7 @@ The network is our tiny UNet with `weights.fill_random_(unet, seed=0)`: the fixt
 arithmetic and their generator draw order, not the network. Each loop is written here as the
 reference script writes it, with diffusers doing every schedule step (`set_timesteps`, `step`,
 `add_noise`); only the noise draws follow our documented order (every draw from one generator).
+The official loop, its scheduler and its guidance are tests/parity.py's (the benchmarks time that loop too).
 
   blend_official_loop  scripts/text_editing_SD2.py of omriav/blended-latent-diffusion: its scheduler
                        (no steps_offset, so timesteps [980, 960, …, 0]), a pure-noise start at
@@ -14,6 +15,7 @@ reference script writes it, with diffusers doing every schedule step (`set_times
                        the start, the background noised to the previous timestep, z_init after the last.
 """
 import torch
+from parity import diffusers_ddim, guided_noise, run_official_loop
 
 from ldm import UNetModel
 from weights import fill_random_, presets
@@ -35,54 +37,12 @@ def inputs() -> dict:
                 cond=torch.randn(1, 77, 32, generator=generator), uncond=torch.randn(1, 77, 32, generator=generator))
 
 
-def diffusers_ddim(steps_offset: int, dtype=torch.float32):
-    """SD's DDIMScheduler. In a float64 run its ᾱ table is cast to float64 too, so that the square roots
-    of a step are taken in float64 and the run measures their float32 rounding (make_fixtures.py)."""
-    from diffusers import DDIMScheduler
-    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                              clip_sample=False, set_alpha_to_one=False, steps_offset=steps_offset)
-    scheduler.set_timesteps(STEPS)
-    if dtype == torch.float64:
-        scheduler.alphas_cumprod = scheduler.alphas_cumprod.to(dtype)
-        scheduler.final_alpha_cumprod = scheduler.final_alpha_cumprod.to(dtype)
-    return scheduler
-
-
-def guided_noise(unet, latents, t, cond, uncond, guidance_scale=GUIDANCE):
-    """The script's guidance: one call on [uncond; cond], ε_u + w·(ε_c − ε_u)."""
-    batch = latents.shape[0]
-    context = torch.cat([uncond.expand(batch, -1, -1), cond.expand(batch, -1, -1)])
-    noise_pred = unet(torch.cat([latents] * 2), t, context)
-    noise_pred_uncond, noise_pred_text = noise_pred.chunk(2)
-    return noise_pred_uncond + guidance_scale * (noise_pred_text - noise_pred_uncond)
-
-
-def run_official_loop(unet, z_init, mask, cond, uncond, generator, guidance_scale=GUIDANCE, start=START):
-    """The loop of scripts/text_editing_SD2.py on `unet` (ours, or diffusers' with `.sample` unwrapped).
-
-    Returns (z_0, the timesteps run). benchmarks/versus_diffusers.py times it on diffusers' UNet.
-    """
-    scheduler = diffusers_ddim(steps_offset=0, dtype=z_init.dtype)  # the script sets no steps_offset
-
-    def draw_noise():  # every draw from `generator`, shaped like z_init (the script: torch.randn_like)
-        return torch.randn(z_init.shape, generator=generator, device=z_init.device, dtype=z_init.dtype)
-
-    latents = draw_noise()
-    timesteps = scheduler.timesteps[int(len(scheduler.timesteps) * start):]
-    for t in timesteps:
-        noise_pred = guided_noise(unet, scheduler.scale_model_input(latents, t), t, cond, uncond, guidance_scale)
-        latents = scheduler.step(noise_pred, t, latents).prev_sample
-        noise = draw_noise()
-        noise_source_latents = scheduler.add_noise(z_init, noise, t)
-        latents = latents * mask + noise_source_latents * (1 - mask)
-    return latents, timesteps
-
-
 def official_loop(dtype=torch.float32) -> dict:
     values = inputs()
     z_init, mask, cond, uncond = (values[k].to(dtype) for k in ("z_init", "mask", "cond", "uncond"))
     generator = torch.Generator().manual_seed(SEED)
-    latents, timesteps = run_official_loop(tiny_unet().to(dtype), z_init, mask, cond, uncond, generator)
+    latents, timesteps = run_official_loop(tiny_unet().to(dtype), z_init, mask, cond, uncond, generator,
+                                           guidance_scale=GUIDANCE, start=START, steps=STEPS)
     return dict(values, output=latents, seed=SEED, steps=STEPS, guidance_scale=GUIDANCE, start=START,
                 timesteps=[int(t) for t in timesteps])
 
@@ -90,12 +50,13 @@ def official_loop(dtype=torch.float32) -> dict:
 def paper_loop(dtype=torch.float32) -> dict:
     values = inputs()
     z_init, mask, cond, uncond = (values[k].to(dtype) for k in ("z_init", "mask", "cond", "uncond"))
-    unet, scheduler = tiny_unet().to(dtype), diffusers_ddim(steps_offset=1, dtype=dtype)  # SD's published config
+    unet = tiny_unet().to(dtype)
+    scheduler = diffusers_ddim(steps_offset=1, steps=STEPS, dtype=dtype)  # SD's published config
     generator = torch.Generator().manual_seed(SEED)
     timesteps = scheduler.timesteps[int(len(scheduler.timesteps) * START):]
     latents = scheduler.add_noise(z_init, torch.randn(z_init.shape, generator=generator), timesteps[:1])
     for t in timesteps:
-        noise_pred = guided_noise(unet, scheduler.scale_model_input(latents, t), t, cond, uncond)
+        noise_pred = guided_noise(unet, scheduler.scale_model_input(latents, t), t, cond, uncond, GUIDANCE)
         latents = scheduler.step(noise_pred, t, latents).prev_sample
         t_prev = t - scheduler.config.num_train_timesteps // scheduler.num_inference_steps
         if t_prev >= 0:

@@ -58,12 +58,12 @@ from pathlib import Path
 import ftfy
 import torch
 from fakes import clip_vocab_files
+from parity import BOS, EOS, clip_text_config, reference_sd1_text_encoder, strict_load, strip_text_model_prefix
 
 from clip import TextConfig, TextEncoder
 from weights import fill_random_
 
 SEED = 0
-BOS, EOS = 49406, 49407
 
 # ----------------------------------------------------------------------------- the token corpus
 _LONG_WORDS = " ".join(f"word{i}" for i in range(60))
@@ -196,36 +196,6 @@ def _ours(config: TextConfig) -> TextEncoder:
     return fill_random_(TextEncoder(config), SEED).eval()
 
 
-def _clip_text_config(config: TextConfig, layers: int, projection_dim: int | None = None,
-                      attn_implementation: str = "eager"):
-    from transformers import CLIPTextConfig
-    return CLIPTextConfig(
-        vocab_size=config.vocab_size, hidden_size=config.width, intermediate_size=4 * config.width,
-        num_hidden_layers=layers, num_attention_heads=config.heads, max_position_embeddings=config.context_length,
-        hidden_act=config.activation, layer_norm_eps=config.layer_norm_eps, attention_dropout=0.0,
-        projection_dim=projection_dim or config.width, bos_token_id=BOS, eos_token_id=EOS, pad_token_id=1,
-        attn_implementation=attn_implementation)
-
-
-def _strict_load(module, state_dict):
-    module.load_state_dict(state_dict, strict=True)
-    return module.eval()
-
-
-def _strip_text_model_prefix(state_dict):
-    """Published `text_model.*` keys -> transformers 5's CLIPTextModel keys (it has no inner text_model)."""
-    assert all(k.startswith("text_model.") for k in state_dict), "expected only text_model.* keys"
-    return {k[len("text_model."):]: v for k, v in state_dict.items()}
-
-
-def reference_sd1_text_encoder(ours: TextEncoder, attn_implementation: str = "eager"):
-    """transformers' CLIPTextModel holding the weights of our SD 1 tower (the `text_model.*` keys)."""
-    from transformers import CLIPTextModel
-    towers = {k: v for k, v in ours.state_dict().items() if k.startswith("text_model.")}
-    config = _clip_text_config(ours.config, ours.config.layers, attn_implementation=attn_implementation)
-    return _strict_load(CLIPTextModel(config), _strip_text_model_prefix(towers))
-
-
 # ----------------------------------------------------------------------------- fixtures
 def clip_tokens():
     """Token ids of CORPUS from both references, and their decodings.
@@ -275,12 +245,12 @@ def _sd1_fixture(config: TextConfig, projection_dim: int | None, dtype=torch.flo
     values = {"config": dataclasses.asdict(config), "seed": SEED, "ids": ids,
               "context": out.last_hidden_state, "pooled": out.pooler_output}
     if projection_dim is not None:
-        with_projection = _strict_load(
-            CLIPTextModelWithProjection(_clip_text_config(config, config.layers, projection_dim)), state).to(dtype)
+        with_projection = strict_load(
+            CLIPTextModelWithProjection(clip_text_config(config, config.layers, projection_dim)), state).to(dtype)
         values["projection_dim"] = projection_dim
         values["text_embeds"] = with_projection(input_ids=ids).text_embeds
     with torch.device("meta"):
-        published = CLIPTextModel(_clip_text_config(config, config.layers))
+        published = CLIPTextModel(clip_text_config(config, config.layers))
     # Published SD 1 files use text_model.* (transformers 4's layout); transformers 5 drops the prefix.
     values["published_keys"] = _key_shapes(published.state_dict(), prefix="text_model.")
     return values
@@ -321,9 +291,9 @@ def _diffusers_sd2_context(ours: TextEncoder, ids: torch.Tensor, config: TextCon
     if config.layers != 24:   # diffusers' ignore list names block 23 of ViT-H; apply its rule to our last block
         dropped = {k.replace(".23.", f".{kept_layers}.") for k in SD_2_TEXT_ENCODER_KEYS_TO_IGNORE}
         checkpoint = {k: v for k, v in checkpoint.items() if k not in dropped}
-    reference = CLIPTextModel(_clip_text_config(config, kept_layers))
+    reference = CLIPTextModel(clip_text_config(config, kept_layers))
     converted = convert_open_clip_checkpoint(reference, checkpoint)
-    _strict_load(reference, _strip_text_model_prefix(converted))
+    strict_load(reference, strip_text_model_prefix(converted))
     return reference.to(dtype)(input_ids=ids).last_hidden_state
 
 
@@ -339,15 +309,15 @@ def clip_sd2_tiny(dtype=torch.float32):
 
     # CLIP's text embedding through transformers: all blocks and the projection. The "model." prefix keeps
     # these keys clear of diffusers' ignore list, so that the converter also maps text_projection (transposed).
-    with_projection = CLIPTextModelWithProjection(_clip_text_config(config, config.layers, config.projection_dim))
+    with_projection = CLIPTextModelWithProjection(clip_text_config(config, config.layers, config.projection_dim))
     converted = convert_open_clip_checkpoint(with_projection, {"model." + k: v for k, v in ours.state_dict().items()},
                                              prefix="model.")
-    values["text_embeds"] = _strict_load(with_projection, converted).to(dtype)(input_ids=ids).text_embeds
+    values["text_embeds"] = strict_load(with_projection, converted).to(dtype)(input_ids=ids).text_embeds
 
     # open_clip itself: the class SD 2's FrozenOpenCLIPEmbedder wraps, and its forward with layer="penultimate".
     model = _open_clip_model(config)
     visual = {k: v for k, v in model.state_dict().items() if k.startswith("visual.")}
-    _strict_load(model, {**ours.state_dict(), **visual}).to(dtype)
+    strict_load(model, {**ours.state_dict(), **visual}).to(dtype)
     x = model.token_embedding(ids) + model.positional_embedding
     for block in model.transformer.resblocks[:config.layers - config.skip_last_layers]:
         x = block(x, attn_mask=model.attn_mask)

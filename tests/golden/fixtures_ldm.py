@@ -13,7 +13,7 @@ The full-size fixtures also store `published_keys`, {key: shape} of the publishe
 the inverse of diffusers' converter (`published_unet_keys`, `published_vae_keys`), checked by running
 the renamed keys forward through diffusers' converter and getting every reference tensor back once.
 
-The tests import `reference_unet` and `reference_vae` from here (GPU tests, at test time).
+The reference models and the converters live in tests/parity.py, which the tests and the benchmarks share.
 """
 import torch
 from diffusers import AutoencoderKL as DiffusersAutoencoderKL
@@ -23,47 +23,23 @@ from diffusers.loaders.single_file_utils import (
     convert_ldm_unet_checkpoint,
     convert_ldm_vae_checkpoint,
 )
-from helpers import random_model
+from parity import (
+    UNET_PREFIX,
+    VAE_PREFIX,
+    diffusers_unet_config,
+    diffusers_vae_config,
+    random_model,
+    reference_unet,
+    reference_vae,
+)
 
 from ldm import AutoencoderConfig, AutoencoderKL, UNetConfig, UNetModel
 from weights import presets
 
-UNET_PREFIX = "model.diffusion_model."
-VAE_PREFIX = "first_stage_model."
 TIMESTEPS = [999, 421, 1]
 
 
 # --- the UNet -------------------------------------------------------------------------------------
-
-def diffusers_unet_config(c: UNetConfig) -> dict:
-    block_out_channels = [c.model_channels * m for m in c.channel_mult]
-    levels = range(len(c.channel_mult))
-    return dict(
-        sample_size=64, in_channels=c.in_channels, out_channels=c.out_channels,
-        down_block_types=["CrossAttnDownBlock2D" if i in c.attention_levels else "DownBlock2D" for i in levels],
-        up_block_types=["CrossAttnUpBlock2D" if i in c.attention_levels else "UpBlock2D" for i in reversed(levels)],
-        block_out_channels=block_out_channels, layers_per_block=c.num_res_blocks,
-        cross_attention_dim=c.context_dim,
-        attention_head_dim=[c.heads_at(ch) for ch in block_out_channels],  # diffusers' name for the head *count*
-        use_linear_projection=c.use_linear_proj, norm_num_groups=c.norm_groups,
-        transformer_layers_per_block=c.transformer_depth, upcast_attention=c.upcast_attention)
-
-
-def to_diffusers_unet(state_dict: dict, c: UNetConfig) -> dict:
-    """Our (published-layout) UNet state dict in diffusers' layout, by diffusers' converter."""
-    converted = convert_ldm_unet_checkpoint({UNET_PREFIX + k: v for k, v in state_dict.items()},
-                                            diffusers_unet_config(c))
-    assert len(converted) == len(state_dict), "diffusers' converter dropped or duplicated UNet keys"
-    return converted
-
-
-def reference_unet(ours: UNetModel) -> UNet2DConditionModel:
-    """diffusers' UNet holding our weights (shared storage), loaded strictly."""
-    with torch.device("meta"):
-        reference = UNet2DConditionModel(**diffusers_unet_config(ours.config))
-    reference.load_state_dict(to_diffusers_unet(ours.state_dict(), ours.config), strict=True, assign=True)
-    return reference.eval()
-
 
 _UNET_RESNET = {"norm1": "in_layers.0", "conv1": "in_layers.2", "norm2": "out_layers.0", "conv2": "out_layers.3",
                 "time_emb_proj": "emb_layers.1", "conv_shortcut": "skip_connection"}
@@ -126,28 +102,6 @@ def unet_fixture(preset: str, seed: int, height: int, width: int, tokens: int = 
 
 
 # --- the autoencoder ----------------------------------------------------------------------------
-
-def diffusers_vae_config(c: AutoencoderConfig) -> dict:
-    assert c.embed_dim == c.z_channels, "diffusers' AutoencoderKL has embed_dim == z_channels"
-    return dict(
-        in_channels=c.in_channels, out_channels=c.out_channels,
-        down_block_types=["DownEncoderBlock2D"] * len(c.ch_mult), up_block_types=["UpDecoderBlock2D"] * len(c.ch_mult),
-        block_out_channels=[c.ch * m for m in c.ch_mult], layers_per_block=c.num_res_blocks,
-        latent_channels=c.z_channels, norm_num_groups=c.norm_groups, sample_size=64)
-
-
-def to_diffusers_vae(state_dict: dict, c: AutoencoderConfig) -> dict:
-    converted = convert_ldm_vae_checkpoint({VAE_PREFIX + k: v for k, v in state_dict.items()}, diffusers_vae_config(c))
-    assert len(converted) == len(state_dict), "diffusers' converter dropped or duplicated VAE keys"
-    return converted
-
-
-def reference_vae(ours: AutoencoderKL) -> DiffusersAutoencoderKL:
-    with torch.device("meta"):
-        reference = DiffusersAutoencoderKL(**diffusers_vae_config(ours.config))
-    reference.load_state_dict(to_diffusers_vae(ours.state_dict(), ours.config), strict=True, assign=True)
-    return reference.eval()
-
 
 _VAE_ATTENTION = {"group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v", "to_out.0": "proj_out"}
 
