@@ -1,9 +1,11 @@
 #!/usr/bin/env python
 """Load time and peak memory of `weights.load` against diffusers' `from_single_file`, on the same file.
 
-    python benchmarks/load_benchmark.py                      # writes a full-size fake SD 1.5 fp16 file (2.1 GB)
-    python benchmarks/load_benchmark.py --file v1-5-pruned-emaonly-fp16.safetensors
-    python benchmarks/load_benchmark.py --dtype float32 --repeat 3
+    python -m benchmarks.load_benchmark                      # writes a full-size fake SD 1.5 fp16 file (2.1 GB)
+    python -m benchmarks.load_benchmark --file v1-5-pruned-emaonly-fp16.safetensors
+    python -m benchmarks.load_benchmark --dtype float32 --repeat 3
+
+(from the repository root; the child processes run there too, so that they import `benchmarks` and `tests`.)
 
 Each load runs in a fresh Python process, so that one's caches and heap do not help or
 hurt the next, and the two loaders alternate. The file is read once beforehand, so
@@ -31,9 +33,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 CHILD = r"""
-import json, sys, time
+import json, time
 import torch
-sys.path.insert(0, {root!r})
 kind, path, config, dtype = {kind!r}, {path!r}, {config!r}, getattr(torch, {dtype!r})
 torch.set_num_threads(1)
 if kind == "ours":
@@ -42,8 +43,7 @@ else:
     from diffusers import StableDiffusionPipeline
     from diffusers.utils import logging
     logging.set_verbosity_error(); logging.disable_progress_bar()
-sys.path.insert(0, {benchmarks!r})
-from load_benchmark import status_bytes as status
+from benchmarks.load_benchmark import status_bytes as status
 before = status("VmRSS")
 start = time.perf_counter()
 if kind == "ours":
@@ -81,19 +81,17 @@ def status_bytes(field: str) -> int:
 
 
 WRITER = r"""
-import sys, torch
-sys.path[:0] = [{root!r}, {tests!r}]   # the project, and tests/fakes.py
+import torch
+from tests import fakes
 from weights import presets
-import fakes
 fakes.write_single_file({path!r}, presets.get("sd-1.5"), dtype=torch.float16, ema_copies=False, values="constant")
 """
 
 
 def run_child(kind: str, path: Path, config: Path, dtype: str) -> dict:
-    code = CHILD.format(root=str(ROOT), benchmarks=str(ROOT / "benchmarks"), kind=kind, path=str(path),
-                        config=str(config), dtype=dtype)
+    code = CHILD.format(kind=kind, path=str(path), config=str(config), dtype=dtype)
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT)
     if result.returncode:
         raise SystemExit(f"{kind} failed:\n{result.stderr[-3000:]}")
     return json.loads(result.stdout.strip().splitlines()[-1])
@@ -101,7 +99,7 @@ def run_child(kind: str, path: Path, config: Path, dtype: str) -> dict:
 
 def write_config_folder(folder: Path, spec) -> None:
     """What from_single_file reads besides the weights: configs and tokenizer, no safety checker."""
-    import fakes
+    from tests import fakes
 
     for name, content in fakes.diffusers_files(spec, weights=False).items():
         fakes._write(folder / name, content)
@@ -117,7 +115,6 @@ def measure_loads(path: Path | None, dtype: str = "float16", repeat: int = 3) ->
     tokenizer_seconds (ours only; see the module docstring). `path` None writes a full-size fake
     SD 1.5 fp16 single file first (about 20 s, 2.1 GB in the temp folder, removed afterwards).
     """
-    sys.path[:0] = [str(ROOT), str(ROOT / "tests")]   # the project, and tests/fakes.py
     from weights import presets
 
     with tempfile.TemporaryDirectory(prefix="load_benchmark_") as scratch:
@@ -125,8 +122,7 @@ def measure_loads(path: Path | None, dtype: str = "float16", repeat: int = 3) ->
         if path is None:
             path = scratch / "v1-5-pruned-emaonly-fp16.safetensors"
             print(f"writing a full-size fake SD 1.5 fp16 checkpoint to {path} ...", flush=True)
-            writer = WRITER.format(root=str(ROOT), tests=str(ROOT / "tests"), path=str(path))
-            subprocess.run([sys.executable, "-c", writer], check=True)
+            subprocess.run([sys.executable, "-c", WRITER.format(path=str(path))], check=True, cwd=ROOT)
         write_config_folder(scratch / "config", presets.get("sd-1.5"))
         with open(path, "rb") as f:                       # into the page cache, for both
             while f.read(1 << 24):
@@ -148,7 +144,10 @@ def measure_loads(path: Path | None, dtype: str = "float16", repeat: int = 3) ->
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    if not __package__:
+        raise SystemExit("run it from the repository root as a module: python -m benchmarks.load_benchmark")
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.load_benchmark", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--file", type=Path, help="an SD 1.5 single file; default: write a full-size fake one")
     parser.add_argument("--dtype", default="float16", choices=["float16", "float32"])
     parser.add_argument("--repeat", type=int, default=3)
