@@ -12,8 +12,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .conv import Conv2d
-
 
 def multi_head_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int,
                          upcast: bool = False) -> torch.Tensor:
@@ -65,35 +63,19 @@ class GEGLU(nn.Module):
         self.proj = nn.Linear(dim_in, 2 * dim_out)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # The halves of W and b are the two row blocks of `proj`: two products give a and g as contiguous
-        # tensors, which GELU and the product then read faster than the halves of one wide output.
-        half = self.proj.out_features // 2
-        weight, bias = self.proj.weight, self.proj.bias
-        a = F.linear(x, weight[:half], bias[:half])           # (..., C_in) -> (..., C_out)
-        out = F.gelu(F.linear(x, weight[half:], bias[half:]))
-        out *= a                                               # in place: saves one (..., C_out) buffer
-        return out
+        a, gate = self.proj(x).chunk(2, dim=-1)               # (..., C_in) -> 2 × (..., C_out)
+        return a * F.gelu(gate)
 
 
 class FeedForward(nn.Module):
-    """C -> GEGLU -> 4C -> Linear -> C, as `net.0.proj` and `net.2` (index 1 is dropout).
-
-    Positions are independent here, so on the CPU they are fed through in chunks of `chunk_size`
-    rows: the 4C-wide intermediates then stay small (at a 64×64 latent they would be 84 MB each at
-    once, and fresh memory that large costs page faults on every call). The result is the same.
-    """
-    chunk_size = 1024
+    """C -> GEGLU -> 4C -> Linear -> C, as `net.0.proj` and `net.2` (index 1 is dropout)."""
 
     def __init__(self, dim: int, mult: int = 4):
         super().__init__()
         self.net = nn.Sequential(GEGLU(dim, mult * dim), nn.Dropout(0.0), nn.Linear(mult * dim, dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        rows = x.reshape(-1, x.shape[-1])                      # (B, N, C) -> (B·N, C)
-        if x.device.type != "cpu" or rows.shape[0] <= self.chunk_size:
-            return self.net(x)
-        out = torch.cat([self.net(chunk) for chunk in rows.split(self.chunk_size)])
-        return out.view(x.shape)
+        return self.net(x)
 
 
 class BasicTransformerBlock(nn.Module):
@@ -130,13 +112,13 @@ class SpatialTransformer(nn.Module):
         if use_linear_proj:
             self.proj_in = nn.Linear(channels, inner)
         else:
-            self.proj_in = Conv2d(channels, inner, kernel_size=1)
+            self.proj_in = nn.Conv2d(channels, inner, kernel_size=1)
         self.transformer_blocks = nn.ModuleList(
             BasicTransformerBlock(inner, heads, head_dim, context_dim, upcast_attention) for _ in range(depth))
         if use_linear_proj:
             self.proj_out = nn.Linear(inner, channels)
         else:
-            self.proj_out = Conv2d(inner, channels, kernel_size=1)
+            self.proj_out = nn.Conv2d(inner, channels, kernel_size=1)
 
     def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         height, width = x.shape[-2:]
@@ -150,8 +132,7 @@ class SpatialTransformer(nn.Module):
             h = block(h, context)
         if self.use_linear_proj:
             h = self.proj_out(h)
-        h = h.unflatten(1, (height, width)).permute(0, 3, 1, 2)  # (B, H·W, C) -> (B, C, H, W), NHWC strides
+        h = h.transpose(1, 2).unflatten(2, (height, width))  # (B, H·W, C) -> (B, C, H, W)
         if not self.use_linear_proj:
             h = self.proj_out(h)
-        h += x                                                 # in place: h is the fresh output of proj_out
-        return h
+        return x + h

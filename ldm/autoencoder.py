@@ -9,9 +9,6 @@ The latents here are *unscaled*. The diffusion model works on scale_factor · z 
 Attribute names follow the published keys minus `first_stage_model.` (`encoder.down.N.block.M`,
 `encoder.mid.attn_1.q`, `decoder.up.N.upsample`, ...). As in LDM, `decoder.up[0]` is the full-resolution
 level, which the decoder runs last. Every GroupNorm has 32 groups and eps 1e-6.
-
-As in the UNet, activations run with channels-last strides and fresh tensors are updated in place
-(at 512×512 one activation is 134 MB); `encode` and `decode` return plain NCHW tensors.
 """
 from dataclasses import dataclass
 
@@ -55,11 +52,9 @@ class ResnetBlock(nn.Module):
             self.nin_shortcut = nn.Conv2d(in_channels, out_channels, kernel_size=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # In place where the tensor is fresh (a norm's or a conv's output): at 512×512 each buffer is 134 MB.
-        h = self.conv1(F.silu(self.norm1(x), inplace=True))
-        h = self.conv2(F.silu(self.norm2(h), inplace=True))
-        h += self.nin_shortcut(x)
-        return h
+        h = self.conv1(F.silu(self.norm1(x)))
+        h = self.conv2(F.silu(self.norm2(h)))
+        return self.nin_shortcut(x) + h
 
 
 class AttnBlock(nn.Module):
@@ -79,9 +74,8 @@ class AttnBlock(nn.Module):
         # (B, C, h, w) -> (B, h·w, C)
         q, k, v = (conv(h).flatten(2).transpose(1, 2) for conv in (self.q, self.k, self.v))
         h = multi_head_attention(q, k, v, heads=1)
-        h = self.proj_out(h.unflatten(1, (height, width)).permute(0, 3, 1, 2))  # (B, h·w, C) -> (B, C, h, w)
-        h += x
-        return h
+        h = self.proj_out(h.transpose(1, 2).unflatten(2, (height, width)))  # (B, h·w, C) -> (B, C, h, w)
+        return x + h
 
 
 class Downsample(nn.Module):
@@ -159,11 +153,11 @@ class Encoder(nn.Module):
         self.conv_out = nn.Conv2d(channels, 2 * c.z_channels, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.conv_in(x.contiguous(memory_format=torch.channels_last))  # NHWC strides: faster convs on the CPU
+        h = self.conv_in(x)
         for level in self.down:                                 # halves H and W at every level but the last
             h = level(h)
         h = self.mid(h)
-        return self.conv_out(F.silu(self.norm_out(h), inplace=True)).contiguous()
+        return self.conv_out(F.silu(self.norm_out(h)))
 
 
 class Decoder(nn.Module):
@@ -186,10 +180,10 @@ class Decoder(nn.Module):
         self.conv_out = nn.Conv2d(channels, c.out_channels, 3, padding=1)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        h = self.mid(self.conv_in(z.contiguous(memory_format=torch.channels_last)))  # NHWC strides, as in Encoder
+        h = self.mid(self.conv_in(z))
         for level in reversed(self.up):                         # doubles H and W at every level but level 0
             h = level(h)
-        return self.conv_out(F.silu(self.norm_out(h), inplace=True)).contiguous()
+        return self.conv_out(F.silu(self.norm_out(h)))
 
 
 def _float32_call(module: nn.Module, x: torch.Tensor) -> torch.Tensor:

@@ -12,11 +12,6 @@ Each input block's output is kept as a skip connection; each output block takes 
 first out. Attribute names follow the published keys minus `model.diffusion_model.`
 (`time_embed.0`, `input_blocks.N.M`, `middle_block.N`, `output_blocks.N.M`, `out.0`, `out.2`),
 so `load_state_dict` needs no renaming.
-
-Speed without changing the map (benchmarks/versus_diffusers.py; README "Performance"): activations run
-with channels-last strides (NHWC: faster convolutions on the CPU, and the transformer's (B, H·W, C)
-view of a feature map needs no copy); the deep 3×3 convolutions on the CPU are one matrix product
-(`ldm.conv`); tensors that were just made are updated in place; the output is plain NCHW again.
 """
 import math
 from dataclasses import dataclass
@@ -26,7 +21,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from .attention import SpatialTransformer
-from .conv import Conv2d
 
 
 @dataclass(frozen=True)
@@ -126,24 +120,23 @@ class ResBlock(nn.Module):
         super().__init__()
         out_channels = out_channels or channels
         self.in_layers = nn.Sequential(
-            nn.GroupNorm(norm_groups, channels, eps=1e-5), nn.SiLU(inplace=True),  # in place: a fresh tensor
-            Conv2d(channels, out_channels, 3, padding=1))
+            nn.GroupNorm(norm_groups, channels, eps=1e-5), nn.SiLU(),
+            nn.Conv2d(channels, out_channels, 3, padding=1))
         self.emb_layers = nn.Sequential(nn.SiLU(), nn.Linear(emb_channels, out_channels))
         self.out_layers = nn.Sequential(
-            nn.GroupNorm(norm_groups, out_channels, eps=1e-5), nn.SiLU(inplace=True),  # in place: a fresh tensor
+            nn.GroupNorm(norm_groups, out_channels, eps=1e-5), nn.SiLU(),
             nn.Dropout(0.0),                                   # index 2 in the published layout; inactive here
-            Conv2d(out_channels, out_channels, 3, padding=1))
+            nn.Conv2d(out_channels, out_channels, 3, padding=1))
         if out_channels == channels:
             self.skip_connection = nn.Identity()
         else:
-            self.skip_connection = Conv2d(channels, out_channels, kernel_size=1)
+            self.skip_connection = nn.Conv2d(channels, out_channels, kernel_size=1)
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         h = self.in_layers(x)                                  # (B, C_in, H, W) -> (B, C_out, H, W)
-        h += self.emb_layers(emb)[:, :, None, None]            # timestep injection: (B, C_out) -> (B, C_out, 1, 1)
+        h = h + self.emb_layers(emb)[:, :, None, None]         # timestep injection: (B, C_out) -> (B, C_out, 1, 1)
         h = self.out_layers(h)
-        h += self.skip_connection(x)                           # in place: h is the fresh output of a conv
-        return h
+        return self.skip_connection(x) + h
 
 
 class Downsample(nn.Module):
@@ -162,7 +155,7 @@ class Upsample(nn.Module):
 
     def __init__(self, channels: int):
         super().__init__()
-        self.conv = Conv2d(channels, channels, 3, padding=1)
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
@@ -276,11 +269,11 @@ class UNetModel(nn.Module):
             emb = emb + self.label_emb(y.to(dtype))             # (B, 4·model_channels)
 
         skips = []
-        h = x.contiguous(memory_format=torch.channels_last)    # NHWC strides: see the module docstring
+        h = x
         for block in self.input_blocks:                         # (B, C, H, W) -> … -> (B, 4C, H/8, W/8) for SD
             h = block(h, emb, context)
             skips.append(h)
         h = self.middle_block(h, emb, context)
         for block in self.output_blocks:
             h = block(torch.cat([h, skips.pop()], dim=1), emb, context)  # concatenate the skip along channels
-        return self.out(h).contiguous()                         # (B, C_out, H, W), plain NCHW strides
+        return self.out(h)                                      # (B, C_out, H, W)

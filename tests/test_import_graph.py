@@ -1,9 +1,10 @@
 """The import graph of the runtime packages, as the README draws it:
 
-    blend → weights → {ldm, clip, samplers}      (blend also uses samplers and clip directly)
+    blend → weights → {ldm, clip, samplers, fast}   (blend also uses samplers and clip directly)
+                       fast → ldm                    (the fast path swaps layers of the plain networks)
 
-ldm, clip and samplers import none of the project's packages; weights imports only those three;
-nothing imports blend. Every import statement in the packages is read, at any depth (also the
+ldm, clip and samplers import none of the project's packages; fast imports only ldm; weights only
+those four; nothing imports blend. Every import statement in the packages is read, at any depth (also the
 lazy ones inside functions), so a new import that breaks the graph fails here.
 """
 import ast
@@ -14,7 +15,8 @@ ALLOWED = {
     "ldm": set(),
     "clip": set(),
     "samplers": set(),
-    "weights": {"ldm", "clip", "samplers"},
+    "fast": {"ldm"},
+    "weights": {"ldm", "clip", "samplers", "fast"},
     "blend": {"weights", "samplers", "clip"},
 }
 REFERENCE_IMPLEMENTATIONS = {"diffusers", "transformers", "open_clip", "x_transformers", "lpips", "torchvision"}

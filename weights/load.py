@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+import fast as fast_path
 from clip import TextEncoder, Tokenizer
 from ldm import AutoencoderKL, UNetModel
 
@@ -51,7 +52,7 @@ class Components:
 
 
 def load(source: str | Path, *, dtype: torch.dtype | None = None, device: str | torch.device = "cpu",
-         prediction_type: str | None = None, allow_pickle: bool = False) -> Components:
+         prediction_type: str | None = None, allow_pickle: bool = False, fast: bool = True) -> Components:
     """Load a Stable Diffusion 1.x/2.x model from a preset id, a single file, a diffusers folder, or "tiny".
 
     dtype: of every weight (default float32). float16 also picks the Hub's `.fp16` files.
@@ -60,7 +61,21 @@ def load(source: str | Path, *, dtype: torch.dtype | None = None, device: str | 
     prediction_type: "epsilon" or "v" ("v_prediction" is accepted). The weights cannot say which;
         by default it comes from the preset or the folder's scheduler config.
     allow_pickle: read .ckpt/.pt/.bin files with torch.load(weights_only=True) instead of refusing them.
+    fast: apply the fast path for the device (`fast.optimize`: the same weights, keys and map, computed
+        faster); False gives the plain reference networks of ldm/ and clip/.
     """
+    components = load_plain(source, dtype=dtype, device=device, prediction_type=prediction_type,
+                            allow_pickle=allow_pickle)
+    if fast:
+        for network in (components.unet, components.vae, components.text_encoder, components.text_encoder_2):
+            if isinstance(network, torch.nn.Module):
+                fast_path.optimize(network, device=device)
+    return components
+
+
+def load_plain(source: str | Path, *, dtype: torch.dtype | None, device: str | torch.device,
+               prediction_type: str | None, allow_pickle: bool) -> Components:
+    """`load` without the fast path."""
     dtype = dtype or torch.float32
     device = torch.device(device)
     if prediction_type is not None:
