@@ -21,6 +21,7 @@ what the networks divide by (64 for SD: 8 in the autoencoder, 8 in the UNet); re
 to the image's own size.
 """
 import copy
+import sys
 from functools import partial
 from pathlib import Path
 
@@ -54,9 +55,14 @@ def load_model(model="sd-2.1-base", *, dtype=None, device="cpu", allow_pickle: b
     """
     if not isinstance(model, (str, Path)):
         return model  # already loaded
-    if dtype is None:
-        dtype = weights.default_dtype(model, device)   # bfloat16 for SDXL on a CPU with native bf16
-    return weights.load(model, dtype=dtype, device=device, allow_pickle=allow_pickle)
+    chosen_by_default = dtype is None
+    if chosen_by_default:
+        dtype = weights.default_dtype(model, device)   # bfloat16 for SD and SDXL on a CPU with native bf16
+    components = weights.load(model, dtype=dtype, device=device, allow_pickle=allow_pickle)
+    weight = next(components.unet.parameters(), None)
+    if weight is not None:
+        print(weights.dtype_message(weight.dtype, chosen_by_default), file=sys.stderr, flush=True)
+    return components
 
 
 def working_size(image_size: tuple, long_side: int, multiple: int = 64) -> tuple:

@@ -1,4 +1,5 @@
-"""pytest's hooks and fixtures: the skips of the gpu and reference markers, an offline Hub cache, a fixed seed.
+"""pytest's hooks and fixtures: the skips of the gpu and reference markers, an offline Hub cache, a fixed seed,
+float32 as every model's default dtype.
 
 What the tests share besides is in tests/helpers.py (goldens, bounds, stand-ins) and tests/fakes.py.
 """
@@ -33,4 +34,13 @@ def offline_cache(tmp_path, monkeypatch):
 @pytest.fixture(autouse=True)
 def _deterministic():
     torch.manual_seed(0)
+    yield
+
+
+@pytest.fixture(autouse=True)
+def _float32_by_default(monkeypatch):
+    """Every test sees a CPU without native bfloat16, so that a model's default dtype (float32) is the same on
+    every machine; the tests of the bf16 default (tests/test_weights_precision.py) patch it back."""
+    from weights import precision
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: False)
     yield

@@ -164,28 +164,29 @@ def test_edit_runs_sdxl_with_each_variant(small_sdxl_components, variant, option
     assert records[0].z_t.shape == (2, 4, 4, 8)                          # 64x32 (sides multiples of 8·4): 4x8 latents
 
 
-def test_sdxl_runs_in_bfloat16_by_default_on_a_cpu_with_native_bf16_and_says_so(tmp_path, monkeypatch):
+def test_sdxl_runs_in_bfloat16_by_default_on_a_cpu_with_native_bf16_and_says_so(tmp_path, monkeypatch, capsys):
     from helpers import SMALL_SDXL_SPEC, sdxl_file_tensors
     from safetensors.torch import save_file
 
     import blend.editor as editor
     import weights
-    from weights import conditioning
+    from weights import precision
     monkeypatch.setitem(weights.presets._PRESETS, "sdxl-base-1.0", SMALL_SDXL_SPEC)
     path = tmp_path / "some_sdxl_finetune.safetensors"
     save_file(sdxl_file_tensors(), str(path))
-    monkeypatch.setattr(conditioning, "cpu_has_native_bf16", lambda: True)
-    with pytest.warns(UserWarning, match="SDXL on this CPU runs in bfloat16"):
-        loaded = editor.load_model(str(path), device="cpu")
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: True)
+    loaded = editor.load_model(str(path), device="cpu")
     assert loaded.unet.out[2].weight.dtype == torch.bfloat16
+    assert "dtype: bfloat16 (this CPU computes bfloat16 natively" in capsys.readouterr().err
     assert editor.load_model(str(path), dtype=torch.float32, device="cpu").unet.out[2].weight.dtype == torch.float32
-    monkeypatch.setattr(conditioning, "cpu_has_native_bf16", lambda: False)
+    assert capsys.readouterr().err.strip() == "dtype: float32"
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: False)
     assert editor.load_model(str(path), device="cpu").unet.out[2].weight.dtype == torch.float32
-    assert conditioning.default_dtype("sd-1.5", "cpu") is None and conditioning.default_dtype(str(path), "cuda") is None
+    assert precision.default_dtype(str(path), "cuda") is None
     (tmp_path / "folder" / "text_encoder_2").mkdir(parents=True)
-    assert conditioning.is_sdxl_source(tmp_path / "folder")
-    assert not conditioning.is_sdxl_source(tmp_path / "folder" / "text_encoder_2")
-    assert conditioning.is_sdxl_source("sdxl-base-1.0") and not conditioning.is_sdxl_source("sd-2.1-base")
+    assert precision.is_sdxl_source(tmp_path / "folder")
+    assert not precision.is_sdxl_source(tmp_path / "folder" / "text_encoder_2")
+    assert precision.is_sdxl_source("sdxl-base-1.0") and not precision.is_sdxl_source("sd-2.1-base")
 
 
 def test_cli_edits_with_an_sdxl_file_and_the_official_sdxl_variant(tmp_path, monkeypatch, capsys):

@@ -1,7 +1,7 @@
 """Model presets, deterministic random weights, and checkpoint loading (`weights.load`, see weights/LOADING.md)."""
 from . import presets
 from .clip_ranker import load_clip
-from .conditioning import default_dtype, prompt_conditioning
+from .conditioning import prompt_conditioning
 from .errors import (
                      CorruptFileError,
                      NotAModelError,
@@ -14,9 +14,10 @@ from .errors import (
 )
 from .load import MODEL_NAMES, Components, load, spec_of
 from .pickle_checkpoint import convert_checkpoint
+from .precision import default_dtype, dtype_message
 from .random_init import fill_random_, random_state_dict, random_tensor
 
 __all__ = ["presets", "fill_random_", "random_state_dict", "random_tensor", "load", "Components", "MODEL_NAMES",
-           "spec_of", "prompt_conditioning", "default_dtype", "load_clip",
+           "spec_of", "prompt_conditioning", "default_dtype", "dtype_message", "load_clip",
            "convert_checkpoint", "WeightsError", "UnknownSourceError", "NotAModelError", "CorruptFileError",
            "OfflineError", "PickleRefusedError", "StateDictMismatchError", "UnsupportedModelError"]
