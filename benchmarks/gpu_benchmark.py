@@ -54,6 +54,7 @@ from pathlib import Path
 
 import torch
 
+import fast
 from ldm import UNetModel
 from samplers import DDIMSampler, guided_model_output
 from weights import presets
@@ -86,10 +87,6 @@ def our_unet(base: UNetModel, device: torch.device, dtype: torch.dtype) -> UNetM
     with torch.device("meta"):
         unet = UNetModel(base.config)
     unet.load_state_dict({k: v.to(device, dtype) for k, v in base.state_dict().items()}, strict=True, assign=True)
-    try:
-        import fast
-    except ImportError:            # the fast path is not in this checkout: the plain network
-        return unet.eval()
     return fast.optimize(unet.eval(), device=device, dtype=dtype)
 
 

@@ -85,7 +85,7 @@ say "environment ($python) -> $out/environment.txt"
 {
     date -u
     if command -v nvidia-smi >/dev/null; then
-        nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
+        nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv || true
     fi
     "$python" - <<'EOF'
 import importlib.metadata
