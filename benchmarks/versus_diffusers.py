@@ -49,6 +49,8 @@ from pathlib import Path
 
 import torch
 
+import fast
+
 if __name__ == "__main__" and not __package__:
     raise SystemExit("run it from the repository root as a module: python -m benchmarks.versus_diffusers")
 
@@ -67,9 +69,8 @@ CPU_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx_vnni", "avx512f", "avx
 
 def ours_as_loaded(model: torch.nn.Module, device: torch.device, dtype: torch.dtype,
                    compile: bool = False) -> torch.nn.Module:
-    """Our network as `weights.load` gives it: the plain one moved to device and dtype (fast.optimize to come)."""
-    model = model.to(device=device, dtype=dtype)
-    return torch.compile(model) if compile else model
+    """Our network as `weights.load` gives it: the plain one moved to device and dtype and made fast there."""
+    return fast.optimize(model, device=device, dtype=dtype, compile=compile)
 
 
 # --- measuring ------------------------------------------------------------------------------------
