@@ -10,7 +10,7 @@ TORCH_VERSION ?= 2.13.0
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 
-.PHONY: demo test fast lint setup setup-test torch fixtures benchmark clean
+.PHONY: demo test fast lint setup setup-test torch fixtures benchmark gpu-wheels clean
 
 demo: setup
 	$(PY) -m blend --model toy
@@ -59,6 +59,17 @@ fixtures: setup-test
 # Ours against diffusers/transformers on the same weights (README "Performance"); about 10 minutes on 2 cores.
 benchmark: setup-test
 	$(PY) benchmarks/versus_diffusers.py
+
+# The wheels that benchmarks/gpu_check.sh installs on a GPU machine with no network (Python 3.12, x86-64):
+# what its image lacks of the runtime and reference packages. Carry .whl/ there (the script's header).
+GPU_WHEELS = diffusers==0.42.1 open_clip_torch==3.3.0 ftfy==6.3.1 wcwidth==0.9.4 importlib_metadata==10.2.0 \
+             lazy-importer==0.1.0
+gpu-wheels: $(PY)
+	rm -rf .whl
+	$(PIP) download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+	  --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
+	  --platform manylinux2014_x86_64 --platform manylinux1_x86_64 -d .whl $(GPU_WHEELS)
+	du -sh .whl
 
 clean:
 	rm -rf $(VENV) *.egg-info
