@@ -56,9 +56,10 @@ setup-test: torch
 fixtures: setup-test
 	cd tests && $(abspath $(PY)) -m golden.make_fixtures
 
-# Ours against diffusers/transformers on the same weights (README "Performance"); about 10 minutes on 2 cores.
+# Ours against diffusers/transformers on the same weights, float32 and (where the CPU has it) bfloat16 in one
+# run (benchmarks/README.md); whole_edit is opt-in: make benchmark ARGS="--only whole_edit".
 benchmark: setup-test
-	$(PY) benchmarks/versus_diffusers.py
+	$(PY) -m benchmarks.versus_diffusers $(ARGS)
 
 # The wheels that benchmarks/gpu_check.sh installs on a GPU machine with no network (Python 3.12, x86-64):
 # what its image lacks of the runtime and reference packages. Carry .whl/ there (the script's header).
