@@ -94,7 +94,7 @@ def test_fast_autoencoder_computes_the_plain_encode_and_decode(device, batch):
 
 
 def test_fast_path_at_the_sizes_where_the_matmul_convolution_runs(monkeypatch):
-    # 32 channels at 2×2, batch 2: O = 32 ≥ B·H·W = 8 in the deepest level, so the matrix product runs there.
+    # 32 channels at 2×2, batch 2: O = 32 ≥ 2·B·H·W = 16 in the deepest level, so the matrix product runs there.
     calls = []
     monkeypatch.setattr(transform, "conv_as_matmul", lambda *args: calls.append(args) or conv_as_matmul(*args))
     plain, quick = plain_and_fast(UNetModel, SMALL_4_LEVEL, "cpu")
@@ -187,11 +187,11 @@ def test_conv_as_matmul_pads_with_zeros_at_every_border():
 def test_matmul_conv2d_runs_the_product_only_when_out_channels_reach_the_positions(monkeypatch):
     calls = []
     monkeypatch.setattr(transform, "conv_as_matmul", lambda *args: calls.append(args) or conv_as_matmul(*args))
-    layer = fast.optimize(torch.nn.Conv2d(8, 16, 3, padding=1), device="cpu")
+    layer = fast.optimize(torch.nn.Conv2d(8, 32, 3, padding=1), device="cpu")
     assert type(layer) is MatmulConv2d
-    layer(torch.randn(1, 8, 4, 4))            # O = 16 >= B·H·W = 16: the matmul
+    layer(torch.randn(1, 8, 4, 4))            # O = 32 >= 2·B·H·W = 32: the matmul
     assert len(calls) == 1
-    layer(torch.randn(2, 8, 4, 4))            # O = 16 < 32 positions: oneDNN's convolution
+    layer(torch.randn(2, 8, 4, 4))            # O = 32 < 2 · 32 positions: oneDNN's convolution
     assert len(calls) == 1
     strided = fast.optimize(torch.nn.Conv2d(8, 16, 3, stride=2, padding=1), device="cpu")
     assert type(strided) is torch.nn.Conv2d   # not a same-size convolution: never swapped
