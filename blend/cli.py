@@ -93,7 +93,8 @@ def add_edit_options(parser: argparse.ArgumentParser) -> None:
                         help="rank the results by CLIP (paper §4.4), best first, with their distances in ranking.txt; "
                              "CLIP is ViT-B/16 (default, as the official code), ViT-L/14, tiny or a model.safetensors")
     parser.add_argument("--dtype", choices=tuple(DTYPE_NAMES), default=None,
-                        help="weights' dtype (default: the loader's)")
+                        help="weights' dtype (default: bfloat16 for SD and SDXL on a CPU with native bf16, "
+                             "else float32; the run prints which)")
     parser.add_argument("--size", type=int, default=None,
                         help="working long side in pixels, at least what each side must divide by (64 for SD, "
                              f"16 for tiny, 1 for the toy); a warning above {LARGE_SIZE} (default: the model's)")

@@ -31,7 +31,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--out", default="outputs/app", help="where each job's folder is written (outputs/app)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N, mps or xpu (default: cuda when available)")
     parser.add_argument("--dtype", choices=tuple(DTYPE_NAMES), default=None,
-                        help="weights' dtype (default: the loader's)")
+                        help="weights' dtype (default: bfloat16 for SD and SDXL on a CPU with native bf16, "
+                             "else float32; the run prints which)")
     parser.add_argument("--allow-pickle", action="store_true",
                         help="read a .ckpt/.pt/.bin --model with torch.load(weights_only=True) instead of refusing it")
     return parser.parse_args(argv)
