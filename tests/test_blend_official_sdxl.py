@@ -183,10 +183,6 @@ def test_sdxl_runs_in_bfloat16_by_default_on_a_cpu_with_native_bf16_and_says_so(
     monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: False)
     assert editor.load_model(str(path), device="cpu").unet.out[2].weight.dtype == torch.float32
     assert precision.default_dtype(str(path), "cuda") is None
-    (tmp_path / "folder" / "text_encoder_2").mkdir(parents=True)
-    assert precision.is_sdxl_source(tmp_path / "folder")
-    assert not precision.is_sdxl_source(tmp_path / "folder" / "text_encoder_2")
-    assert precision.is_sdxl_source("sdxl-base-1.0") and not precision.is_sdxl_source("sd-2.1-base")
 
 
 def test_cli_edits_with_an_sdxl_file_and_the_official_sdxl_variant(tmp_path, monkeypatch, capsys):

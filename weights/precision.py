@@ -44,19 +44,6 @@ def safetensors_keys(path: Path) -> set:
         return set()
 
 
-def is_sdxl_source(source) -> bool:
-    """An SDXL preset name, a diffusers folder with text_encoder_2/, or a .safetensors file with SDXL's
-    `conditioner.embedders.*` keys (read from its header)."""
-    if isinstance(source, str) and source in presets.NAMES:
-        return getattr(presets.get(source), "text_2", None) is not None
-    path = Path(source).expanduser()
-    if path.is_dir():
-        return (path / "text_encoder_2").is_dir()
-    if path.suffix != ".safetensors" or not path.is_file():
-        return False
-    return any(key.startswith("conditioner.embedders.") for key in safetensors_keys(path))
-
-
 def is_stable_diffusion_source(source) -> bool:
     """An SD 1.x, 2.x or SDXL preset, diffusers folder or .safetensors single file (not the LDM, the toy or tiny)."""
     if isinstance(source, str) and source in ("toy", "tiny"):
