@@ -4,6 +4,7 @@ import io
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -29,6 +30,11 @@ WAIT_S = 60
 @pytest.fixture(scope="module")
 def toy():
     return load_model("toy")
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return load_model("tiny")
 
 
 @pytest.fixture
@@ -253,7 +259,8 @@ def test_requests_for_another_host_or_from_another_origin_are_refused(server):
 
 
 @pytest.mark.processes
-def test_ctrl_c_stops_python_m_blend_app_cleanly_and_removes_the_running_jobs_folder(tmp_path):
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_ctrl_c_or_sigterm_stops_python_m_blend_app_cleanly_and_removes_the_running_jobs_folder(tmp_path, stop):
     out = tmp_path / "out"
     process = subprocess.Popen([sys.executable, "-m", "blend.app", "--model", "toy", "--port", "0", "--out", str(out)],
                                cwd=REPO, stderr=subprocess.PIPE, text=True)
@@ -269,7 +276,7 @@ def test_ctrl_c_stops_python_m_blend_app_cleanly_and_removes_the_running_jobs_fo
         assert status == 202, answer
         wait_for(running, answer["job"], states=("running",))
         assert [path.name.endswith(".partial") for path in out.iterdir()] == [True]
-        process.send_signal(signal.SIGINT)
+        process.send_signal(stop)
         status, rest = process.wait(WAIT_S), process.stderr.read()
         assert status == 0 and "stopping" in rest, (status, lines, rest)
         assert list(out.iterdir()) == []
@@ -349,9 +356,9 @@ def test_a_ninth_waiting_job_is_refused_with_503(server, monkeypatch):
     assert statuses == [202] * 8 + [503]
 
 
-def test_previews_decode_x0_through_the_autoencoder_of_the_tiny_sd_model(tmp_path):
+def test_previews_decode_x0_through_the_autoencoder_of_the_tiny_sd_model(tiny, tmp_path):
     """The SD path (tiny: random weights, a real AutoencoderKL): x̂0 = D(x0_fg / s) at the working size, step 1 shown."""
-    with running_edit_server(load_model("tiny"), tmp_path / "out") as server:
+    with running_edit_server(tiny, tmp_path / "out") as server:
         photo, mask = photo_and_mask()
         status, answer = post_edit(server, image=png(photo), mask=png(mask), prompt="a cat", steps=8, samples=1,
                                    size=64)
@@ -375,3 +382,134 @@ def test_python_m_blend_app_warns_off_loopback_and_refuses_an_unknown_model_befo
     assert done.returncode == 2, done.stderr
     assert lines[0].startswith("warning: listening on 0.0.0.0, not a loopback address")
     assert lines[1].startswith("error: --model no-such-model: neither a model name") and len(lines) == 2
+
+
+@pytest.mark.filterwarnings("ignore:prompt 0 has")   # the worker tokenizes it again: that copy goes to stderr
+def test_a_prompt_cut_at_77_tokens_is_reported_in_the_jobs_warnings(tiny, tmp_path):
+    photo, mask = photo_and_mask()
+    prompt = "a photograph of " + "a very small red cat, " * 20           # about 140 CLIP tokens
+    with running_edit_server(tiny, tmp_path / "out") as server:
+        status, answer = post_edit(server, image=png(photo), mask=png(mask), prompt=prompt, steps=4, samples=1,
+                                   size=64)
+        assert status == 202, answer
+        job = wait_for(server, answer["job"])
+    assert job["state"] == "done", job
+    assert any("CLIP holds 75 between BOS and EOS: dropped the last" in warning for warning in job["warnings"]), job
+
+
+def large_blank_png(width: int, height: int) -> bytes:
+    """A PNG of width × height black pixels: a few hundred kB however many pixels it has."""
+    limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+    try:
+        return png(Image.new("L", (width, height)))
+    finally:
+        Image.MAX_IMAGE_PIXELS = limit
+
+
+def test_a_photograph_over_the_pixel_ceiling_is_refused_from_its_header_without_being_decoded(server, monkeypatch):
+    from PIL import ImageFile
+    decoded, load = [], ImageFile.ImageFile.load
+
+    def recording_load(image):
+        decoded.append(image.size)
+        return load(image)
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", recording_load)
+    _, mask = photo_and_mask()
+    big = large_blank_png(8000, 8000)                  # 64 M pixels in about 70 kB: under Pillow's own guard
+    assert len(big) < MAX_UPLOAD_BYTES
+    status, answer = post_edit(server, image=big, mask=png(mask), prompt="a cat", samples=2)
+    assert status == 400, answer
+    assert answer["error"] == ("the image file image.png is 8000x8000 pixels (64.0 megapixels); blend.app edits "
+                               "photographs of at most 50.0 megapixels. Send a smaller photograph (the edit runs "
+                               "at the model's working size anyway)")
+    assert (8000, 8000) not in decoded and list(server.out.iterdir()) == []
+    photo, _ = photo_and_mask()
+    status, answer = post_edit(server, image=png(photo), mask=big, prompt="a cat")
+    assert status == 400 and answer["error"].startswith("the mask file mask.png is 8000x8000 pixels"), answer
+
+
+def test_samples_times_pixels_beyond_the_available_memory_are_refused_before_the_job_is_queued(server, monkeypatch):
+    photo, mask = photo_and_mask()
+    status, answer = post_edit(server, image=png(photo), mask=png(mask), prompt="a cat", samples=10**7)
+    assert status == 400, answer                      # terabytes: more than any machine has
+    assert answer["error"].startswith("the job would need about ") and "10000000 samples" in answer["error"]
+    assert answer["error"].endswith("send fewer samples, a smaller size or a smaller photograph"), answer
+
+    from blend.app import form
+    monkeypatch.setattr(form, "available_memory", lambda: 2**30, raising=False)
+    white = png(Image.new("L", (7000, 6000), 255))     # 42 M pixels, 8 results at that size: over 3 GiB
+    status, answer = post_edit(server, image=large_blank_png(7000, 6000), mask=white, prompt="a cat", samples=8)
+    assert status == 400, answer
+    assert "8 samples of a 7000x6000 photograph" in answer["error"] and "1.0 GiB available" in answer["error"]
+    status, answer = post_edit(server, image=png(photo), mask=png(mask), prompt="a cat", samples=2, steps=4)
+    assert status == 202, answer                      # a small photograph still fits in 1 GiB
+    assert wait_for(server, answer["job"])["state"] == "done"
+    assert [path.name for path in server.out.iterdir()] == [answer["job"]]  # the refused ones wrote nothing
+
+
+def test_an_empty_prompt_or_a_file_path_as_rank_is_refused_with_400(server, tmp_path):
+    photo, mask = photo_and_mask()
+    for prompt in ("", "   "):
+        status, answer = post_edit(server, image=png(photo), mask=png(mask), prompt=prompt)
+        assert status == 400, answer
+        assert answer["error"] == (f"the prompt is empty (got {prompt!r}): expected what the painted region should "
+                                   f"become, e.g. 'a cat'. Type a prompt")
+    weights = tmp_path / "clip.safetensors"
+    weights.write_bytes(b"not read")
+    status, answer = post_edit(server, image=png(photo), mask=png(mask), prompt="a cat", rank=str(weights))
+    assert status == 400, answer
+    assert answer["error"] == (f"--rank {weights}: expected one of the CLIP names ViT-B/16, ViT-L/14, tiny; "
+                               f"blend.app reads no file named by a form. Choose one of those names, or leave rank "
+                               f"empty for no ranking")
+    assert list(server.out.iterdir()) == []
+
+
+def test_a_new_server_removes_the_hidden_folders_a_killed_server_left_but_not_a_running_servers(toy, tmp_path,
+                                                                                                 monkeypatch):
+    out = tmp_path / "out"
+    left = out / ".0123456789abcdef.89abcdef.partial"   # what a SIGKILLed server leaves: a job's hidden folder
+    left.mkdir(parents=True)
+    (left / ".preview_001.png.partial").write_bytes(b"half")
+    (out / ".notes.partial").write_text("not a job's")   # anything else stays
+    (out / "0123456789abcdef").mkdir()                   # a finished job stays
+    with running_edit_server(toy, out) as first:
+        assert sorted(path.name for path in out.iterdir()) == [".notes.partial", "0123456789abcdef"]
+        unet, gate = toy.unet, threading.Event()
+        forward = type(unet).forward
+
+        def gated(*args, **kwargs):
+            assert gate.wait(WAIT_S)
+            return forward(unet, *args, **kwargs)
+
+        monkeypatch.setattr(unet, "forward", gated)
+        photo, mask = photo_and_mask()
+        job = post_edit(first, image=png(photo), mask=png(mask), prompt="a cat", steps=4, samples=1)[1]["job"]
+        assert wait_for(first, job, states=("running",))["state"] == "running"
+        running = [path for path in out.iterdir() if path.name.startswith(f".{job}.")]
+        with running_edit_server(toy, out):                # a second server on the same folder
+            assert all(path.is_dir() for path in running) and len(running) == 1
+        gate.set()
+        assert wait_for(first, job)["state"] == "done"
+
+
+@pytest.mark.processes
+def test_python_m_blend_app_refuses_an_unusable_out_folder_or_port_before_loading_the_model(tmp_path):
+    (tmp_path / "a_file").write_text("")
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    cases = {("--port", str(port)): f"error: cannot listen on 127.0.0.1:{port}: Address already in use; choose "
+                                    f"another --port (0 picks a free one)",
+             ("--out", str(tmp_path / "a_file" / "out")):
+             f"error: --out {tmp_path / 'a_file' / 'out'}: {tmp_path / 'a_file'} is a file, not a folder; "
+             f"choose another --out",
+             ("--port", "70000"): "error: --port 70000: expected a port number in 0 … 65535 (0 picks a free one)"}
+    for options, message in cases.items():
+        done = subprocess.run([sys.executable, "-m", "blend.app", "--model", "toy", *options], cwd=tmp_path,
+                              capture_output=True, text=True, timeout=WAIT_S,
+                              env={**os.environ, "PYTHONPATH": str(REPO)})
+        assert done.returncode == 2 and done.stderr.strip().splitlines() == [message], done.stderr
+    taken.close()
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["a_file"]

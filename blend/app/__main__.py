@@ -1,12 +1,19 @@
 """python -m blend.app [--model toy|sd-2.1-base|…] [--host 127.0.0.1] [--port 7860]: serve the paint-and-edit page.
 
-It loads the model once, then serves http://HOST:PORT/ until Ctrl-C, which stops the worker after the
-running job's current step (that job's unfinished folder is removed) and closes the server.
-Exit status: 0 stopped by Ctrl-C; 1 the model could not be loaded; 2 a bad option or port; 130 interrupted
-before the server was up.
+It loads the model once, then serves http://HOST:PORT/ until Ctrl-C (or SIGTERM, or SIGHUP), which stops
+the worker after the running job's current step (that job's unfinished folder is removed) and closes the
+server. --out is checked before the model loads: it must be a folder, or one that can be made, that can be
+written. A server killed outright (SIGKILL) leaves its running job's hidden folder; the next server on the
+same --out removes it when it starts.
+Exit status: 0 stopped by Ctrl-C, SIGTERM or SIGHUP; 1 the model could not be loaded; 2 a bad option, --out
+or port; 130 interrupted before the server was up.
 """
 import argparse
+import os
+import signal
+import socket
 import sys
+import tempfile
 from pathlib import Path
 
 import torch
@@ -39,6 +46,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(argv=None) -> int:
+    for name in ("SIGTERM", "SIGHUP"):       # stopped as Ctrl-C stops it: the running job's folder is removed
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), interrupt)
     try:
         return serve(parse_args(argv))
     except KeyboardInterrupt:  # before the server was up: nothing to stop
@@ -52,6 +62,9 @@ def serve(args: argparse.Namespace) -> int:
               f"port {args.port} can run edits and read every result. Use --host 127.0.0.1 to keep it local.",
               file=sys.stderr)
     problem = option_problem(model=args.model, device=args.device, cli=True)  # the CLI's checks and words
+    if problem is None and not 0 <= args.port <= 65535:
+        problem = f"--port {args.port}: expected a port number in 0 … 65535 (0 picks a free one)"
+    problem = problem or out_problem(args.out) or listen_problem(args.host, args.port)
     if problem is None and not args.allow_pickle and is_pickle_checkpoint(Path(args.model).expanduser()):
         problem = pickle_refusal_message(args.model, Path(args.model).expanduser())
     if problem:
@@ -66,10 +79,10 @@ def serve(args: argparse.Namespace) -> int:
         print(cannot_load_message(args.model, error), file=sys.stderr)
         return 1
     try:
-        server = EditServer(components, args.model, Path(args.out), host=args.host, port=args.port, device=device)
-    except OSError as error:
-        print(f"error: cannot listen on {args.host}:{args.port}: {error.strerror or error}; choose another "
-              f"--port (0 picks a free one)", file=sys.stderr)
+        server = EditServer(components, args.model, Path(args.out).expanduser(), host=args.host, port=args.port,
+                            device=device)
+    except OSError as error:  # taken since the check
+        print(f"error: {listen_message(args.host, args.port, error)}", file=sys.stderr)
         return 2
     try:
         print(f"serving {args.model} at {server.url}  (Ctrl-C stops; job folders go to {args.out}/)", file=sys.stderr)
@@ -79,6 +92,44 @@ def serve(args: argparse.Namespace) -> int:
     finally:
         server.close()
     return 0
+
+
+def interrupt(signum, frame):
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+def out_problem(out: str) -> str | None:
+    """Why --out cannot hold the jobs' folders, or None: it, or its nearest existing parent, must be a writable
+    folder."""
+    folder = Path(out).expanduser()
+    while not folder.exists() and not folder.is_symlink() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        what = "a file" if folder.is_file() else "a link to nothing" if folder.is_symlink() else "something else"
+        return f"--out {out}: {folder} is {what}, not a folder; choose another --out"
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".blend-app-write-check-", dir=folder))
+    except OSError as error:
+        return (f"--out {out}: cannot write in {folder} ({error.strerror or error}); choose a folder you can write "
+                f"to with --out")
+    return None
+
+
+def listen_problem(host: str, port: int) -> str | None:
+    """Why the server could not listen on host:port, found by binding a socket as the server will, or None."""
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as trial:
+            trial.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)   # as http.server's servers do
+            trial.bind((host, port))
+    except OSError as error:
+        return listen_message(host, port, error)
+    return None
+
+
+def listen_message(host: str, port: int, error: OSError) -> str:
+    if isinstance(error, socket.gaierror):
+        return f"--host {host}: not an address of this machine ({error.strerror or error}); use 127.0.0.1"
+    return f"cannot listen on {host}:{port}: {error.strerror or error}; choose another --port (0 picks a free one)"
 
 
 sys.exit(main())

@@ -11,14 +11,21 @@ temporary name and renamed, the results are listed after they are all written. I
     result_<i>.png, grid.png     the results (best first when ranked) and input | mask | results
     ranking.txt                  when ranked: each result's sample and CLIP distance (paper §4.4)
 
+While a server runs it holds a shared lock (flock) on ROOT. When it starts and no other server holds
+one, it first removes the hidden job folders (`.<id>.<8 hex>.partial`) that a killed server left there;
+nothing else in ROOT is touched.
+
 Previews come from Algorithm 1's per-step callback (blend.StepRecord.x0_fg). Decoding one costs an
 autoencoder decode, so `PreviewSchedule` decodes one only while the time spent on previews stays
 under a fraction (10%) of the time spent on the steps themselves; one that takes under 20 ms (the
 toy's: an identity decode and a small PNG) is taken at every step.
 """
+import contextlib
 import os
 import queue
+import re
 import secrets
+import shutil
 import threading
 import time
 import traceback
@@ -33,10 +40,16 @@ from ..cli import ResultFolder, write_results
 from ..editor import EditInputError, edit
 from ..images import mask_to_image, tensor_to_image
 
+try:
+    import fcntl
+except ImportError:  # Windows: no lock, no clean-up of what a killed server left
+    fcntl = None
+
 PREVIEW_FRACTION = 0.10   # the most of a run's time that previews may take
 CHEAP_PREVIEW_S = 0.02    # a preview this quick is taken at every step
 PREVIEW_SIDE = 256        # the long side of a preview, in pixels
 MAX_WAITING = 8           # jobs queued behind the running one; more are refused (the server answers 503)
+HIDDEN_JOB_FOLDER = re.compile(r"\.[0-9a-f]{16}\.[0-9a-f]{8}\.partial")  # blend.cli.ResultFolder's, for a job id
 
 
 class QueueFull(Exception):
@@ -127,10 +140,30 @@ class JobQueue:
         self.rankers: dict = {}
         self.current_output = None    # the running job's ResultFolder
         self.worker = threading.Thread(target=self._work, name="blend-app-worker", daemon=True)
+        self.root_lock = None         # a descriptor of root, flock-ed while serving
 
     def start(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
+        self._claim_root()
         self.worker.start()
+
+    def _claim_root(self) -> None:
+        """Share-lock root while serving; alone, first remove the hidden job folders a killed server left."""
+        if fcntl is None:
+            return
+        try:
+            self.root_lock = os.open(self.root, os.O_RDONLY)
+        except OSError:  # a folder that can be written but not read: served without the lock or the clean-up
+            return
+        try:
+            fcntl.flock(self.root_lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:  # another server serves root: its hidden folders are its running jobs
+            fcntl.flock(self.root_lock, fcntl.LOCK_SH)
+            return
+        for path in self.root.iterdir():
+            if HIDDEN_JOB_FOLDER.fullmatch(path.name) and path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+        fcntl.flock(self.root_lock, fcntl.LOCK_SH)
 
     def stop(self, timeout: float = 60.0) -> None:
         """Stop after the running job's current step; its hidden folder is removed, queued jobs are dropped.
@@ -149,6 +182,10 @@ class JobQueue:
             output = self.current_output
             if self.worker.is_alive() and output is not None:
                 output.discard()
+            if self.root_lock is not None:
+                with contextlib.suppress(OSError):
+                    os.close(self.root_lock)   # releases the lock
+                self.root_lock = None
 
     def submit(self, request: EditRequest) -> Job:
         with self.lock:

@@ -158,8 +158,8 @@ class Handler(BaseHTTPRequestHandler):
         try:
             fields = parse_multipart(self.headers.get("Content-Type", ""), body)
             with self.server.checking:  # one request at a time: the checks record warnings, which are global
-                request = edit_request(fields, model_name=self.server.model_name,
-                                       tokenizer=self.server.components.tokenizer, output_root=self.server.out)
+                request = edit_request(fields, model_name=self.server.model_name, components=self.server.components,
+                                       output_root=self.server.out, device=self.server.jobs.device)
             job = self.server.jobs.submit(request)
         except FormError as error:
             return self.send_json(400, {"error": str(error)})
