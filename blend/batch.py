@@ -74,7 +74,7 @@ from .cli import (
 from .editor import edit, load_model
 from .errors import EditInputError
 from .images import read_image, read_mask
-from .manifest import ManifestError, read_manifest
+from .manifest import ManifestError, output_blocker, read_manifest
 from .options import option_problem, warn_if_large
 
 FAILURES = "failures.jsonl"
@@ -194,11 +194,24 @@ def checked(args: argparse.Namespace, process: Process) -> tuple:
         device, problem = choose_device(process)
         problems = [problem] if problem else []
     if not problems:
-        try:
-            Path(args.out).mkdir(parents=True, exist_ok=True)
-        except OSError as error:
-            problems = [unwritable_message(Path(args.out), error, given=True)]
+        problems = [problem] if (problem := output_folder_problem(Path(args.out))) else []
     return items, device, problems
+
+
+def output_folder_problem(out: Path) -> str | None:
+    """Why --out cannot be the results folder (created here, with its parents, when it can), or None."""
+    blocker = output_blocker(out)
+    if blocker is not None:
+        where = "" if blocker == out else f": {blocker} is a file, so no folder can be made under it"
+        return (f"--out {out}: expected a folder for the results{where or ', found a file'}; "
+                f"choose another --out")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        return unwritable_message(out, error, given=True)
+    if not os.access(out, os.W_OK | os.X_OK):
+        return f"--out {out}: the folder is not writable; choose another --out"
+    return None
 
 
 def summary(total: int, done: int, skipped: int, failed: int, seconds: float, processes: int, out: Path) -> str:

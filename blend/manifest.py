@@ -16,6 +16,10 @@ line's, under the flags' names: "steps", "guidance", "start", "samples", "varian
 Every line is checked (JSON, keys, types, and the merged options through blend.options'
 `option_problem`), and every problem is reported with its line number. Whether an image can be
 read is not checked here: an unreadable image or an empty mask fails that item only, at run time.
+
+The file is read as JSON Lines defines it: UTF-8 (a leading byte-order mark, as Notepad and PowerShell
+write, is accepted), lines end at "\n" (a "\r" before it is JSON whitespace), the last line may lack
+its newline; blank lines are skipped. `text_lines` and `output_blocker` serve blend.evaluate too.
 """
 import hashlib
 import json
@@ -57,6 +61,40 @@ def default_seed(item_id: str) -> int:
     return int.from_bytes(hashlib.sha256(item_id.encode("utf-8")).digest()[:8], "big")
 
 
+def text_lines(path, what: str, expected: str) -> list:
+    """The lines of the UTF-8 text file `path` (a BOM accepted), split at "\n" only, "\r" kept.
+
+    Lines end at "\n" alone, as JSON Lines says: str.splitlines() would also cut at U+2028, U+0085 and
+    others, which JSON allows raw inside a string. ValueError names the file, says what it is (`what`)
+    and what was `expected`, when it is missing, a folder, unreadable or not UTF-8.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{what} {path} is a folder; expected {expected}")
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        raise ValueError(f"cannot read {what} {path}: {error.strerror or error}; expected {expected}") from None
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        line = data[:error.start].count(b"\n") + 1
+        raise ValueError(f"{what} {path} is not UTF-8 text (byte 0x{data[error.start]:02x} on line {line}); "
+                         f"expected {expected}: save it as UTF-8") from None
+    lines = text.split("\n")
+    return lines[:-1] if lines[-1] == "" else lines
+
+
+def output_blocker(path) -> Path | None:
+    """The file that `path` or one of its folders would have to be, or None: the nearest existing
+    ancestor-or-self of `path` when that is not a folder (so "f/res" with f a file gives f, not f/res)."""
+    path = Path(path)
+    for place in (path, *path.parents):
+        if place.exists() or place.is_symlink():
+            return None if place.is_dir() else place
+    return None
+
+
 def read_manifest(path, options: dict, model="toy") -> list:
     """The items of the manifest at `path`, each with `options` (edit()'s keywords) overridden by its line.
 
@@ -64,12 +102,11 @@ def read_manifest(path, options: dict, model="toy") -> list:
     """
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as error:
-        raise ManifestError([f"cannot read the manifest {path}: {getattr(error, 'strerror', None) or error}. "
-                             f"Expected a UTF-8 JSON Lines file, one edit per line"]) from None
+        lines = text_lines(path, "the manifest", "a UTF-8 JSON Lines file, one edit per line")
+    except ValueError as error:
+        raise ManifestError([str(error)]) from None
     items, problems, seen = [], [], {}
-    for number, text_line in enumerate(text.splitlines(), start=1):
+    for number, text_line in enumerate(lines, start=1):
         if not text_line.strip():
             continue
         try:

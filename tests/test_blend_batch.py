@@ -330,3 +330,38 @@ def test_batch_under_torchrun_prints_a_bad_manifest_line_once_and_makes_nothing(
     errors = [line for line in run.stderr.splitlines() if line.startswith("error:")]
     assert errors == [f'error: {manifest} line 1: "steps": 0: expected at least 1'], run.stderr  # local rank 0's
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("out, blocker", [("f/res", "f"), ("f/a/b", "f")])
+def test_batch_out_under_a_file_names_that_file_not_the_out_path(tmp_path, capsys, out, blocker):
+    manifest = write_inputs(tmp_path / "in")
+    (tmp_path / "f").write_text("a file")
+    assert main([str(manifest), "--out", str(tmp_path / out), *TOY_EDIT]) == 2
+    error = capsys.readouterr().err
+    assert f"error: --out {tmp_path / out}: expected a folder for the results: {tmp_path / blocker} is a file" in error
+    assert main([str(manifest), "--out", str(tmp_path / "f"), *TOY_EDIT]) == 2
+    assert f"error: --out {tmp_path / 'f'}: expected a folder for the results, found a file" in capsys.readouterr().err
+    assert (tmp_path / "f").read_text() == "a file"
+
+
+def test_a_manifest_with_a_bom_crlf_a_raw_line_separator_and_no_final_newline_is_read_as_json_lines(tmp_path):
+    folder = write_inputs(tmp_path / "in").parent
+    manifest = folder / "notepad.jsonl"
+    lines = [json.dumps({"id": "a", "image": "photo.png", "mask": "mask.png", "prompt": "a cat\u2028on a mat"},
+                        ensure_ascii=False),                      # U+2028 is allowed raw inside a JSON string
+             "", json.dumps({"id": "b", "image": "photo.png", "mask": "mask.png", "prompt": "a dog"})]
+    manifest.write_bytes(b"\xef\xbb\xbf" + "\r\n".join(lines).encode("utf-8"))   # BOM, CRLF, no final newline
+    items = read_manifest(manifest, {}, model="toy")
+    assert [(item.line, item.id, item.prompt) for item in items] == [(1, "a", "a cat\u2028on a mat"), (3, "b", "a dog")]
+
+
+def test_a_manifest_that_is_not_utf8_or_is_a_folder_is_named_in_one_line(tmp_path, capsys):
+    manifest = write_inputs(tmp_path / "in")
+    manifest.write_bytes(manifest.read_bytes().replace(b'"a cat"', b'"a caf\xe9"'))   # Latin-1
+    for path, expected in ((manifest, "is not UTF-8 text (byte 0xe9 on line 1); expected a UTF-8 JSON Lines"),
+                           (manifest.parent, "is a folder; expected a UTF-8 JSON Lines")):
+        assert main([str(path), "--out", str(tmp_path / "out"), *TOY_EDIT]) == 2
+        error = capsys.readouterr().err
+        assert error == f"error: the manifest {path} {expected} file, one edit per line" + (
+            ": save it as UTF-8\n" if path == manifest else "\n")
+    assert not (tmp_path / "out").exists()

@@ -92,3 +92,69 @@ def test_make_benchmark_never_overwrites_and_refuses_bad_inputs_with_exit_2(phot
     assert not any(p.name.startswith(".") for p in tmp_path.iterdir())
     with pytest.raises(BenchmarkError):
         make_benchmark(photos, n=1, out=tmp_path / "missing" / "z.jsonl")
+
+
+def test_make_benchmark_refuses_an_unreadable_photo_naming_it_with_exit_2_and_writes_nothing(photos, tmp_path, capsys):
+    good = (photos / "b.jpg").read_bytes()
+    (photos / "b.jpg").write_bytes(good[:len(good) // 2])                     # a truncated JPEG
+    out = tmp_path / "bench.jsonl"
+    assert main(["make-benchmark", str(photos), "--n", "3", "--out", str(out), "--classes", "toy"]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and error.startswith("error: ") and str(photos / "b.jpg") in error
+    assert "replace or remove b.jpg" in error
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["photos"]
+
+
+@pytest.mark.parametrize("classes", ["", ",, ,", "EMPTY_FILE", "BLANK_FILE"])
+def test_an_empty_class_list_is_refused_with_exit_2_not_replaced_by_imagenet(photos, tmp_path, capsys, classes):
+    (tmp_path / "empty.txt").write_text("")
+    (tmp_path / "blank.txt").write_text("\n  \n\n")
+    classes = {"EMPTY_FILE": str(tmp_path / "empty.txt"), "BLANK_FILE": str(tmp_path / "blank.txt")}.get(classes,
+                                                                                                          classes)
+    out = tmp_path / "bench.jsonl"
+    assert main(["make-benchmark", str(photos), "--n", "2", "--out", str(out), "--classes", classes]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("error: --classes") and ("found no class name" in error or "holds no class name" in error)
+    assert not out.exists()
+
+
+def test_a_classes_file_with_a_bom_and_crlf_is_read_and_one_not_in_utf8_is_named(photos, tmp_path, capsys):
+    classes = tmp_path / "classes.txt"
+    classes.write_bytes("\ufeffcat\r\ngoldfish\r\n".encode("utf-8"))              # as Notepad saves it
+    out = tmp_path / "bench.jsonl"
+    assert main(["make-benchmark", str(photos), "--n", "6", "--out", str(out), "--classes", str(classes)]) == 0
+    assert {entry["prompt"] for entry in read_lines(out)} == {"cat", "goldfish"}
+    classes.write_bytes("caf\u00e9\n".encode("latin-1"))
+    assert main(["make-benchmark", str(photos), "--out", str(tmp_path / "b2.jsonl"), "--classes", str(classes)]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and f"the classes file {classes} is not UTF-8 text (byte 0xe9 on line 1)" in error
+
+
+def test_classes_naming_a_folder_or_a_missing_file_is_refused_not_taken_as_a_class_name(photos, tmp_path, capsys):
+    for classes, expected in ((str(tmp_path), "found a folder"), (str(tmp_path / "classes.txt"), "no such file")):
+        assert main(["make-benchmark", str(photos), "--out", str(tmp_path / "b.jsonl"), "--classes", classes]) == 2
+        assert f"error: --classes {classes}: {expected}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("out, blocker", [("f/bench.jsonl", "f"), ("f/sub/bench.jsonl", "f")])
+def test_make_benchmark_out_under_a_file_names_that_file(photos, tmp_path, capsys, out, blocker):
+    (tmp_path / "f").write_text("a file")
+    assert main(["make-benchmark", str(photos), "--out", str(tmp_path / out), "--classes", "toy"]) == 2
+    assert f"error: --out {tmp_path / out}: {tmp_path / blocker} is a file, not a folder" in capsys.readouterr().err
+    assert main(["make-benchmark", str(photos), "--out", str(photos), "--classes", "toy"]) == 2
+    assert f"--out {photos} is a folder" in capsys.readouterr().err
+
+
+def test_make_benchmark_finishes_a_run_killed_between_its_renames_and_removes_a_killed_runs_hidden_files(
+        photos, tmp_path, capsys):
+    out = tmp_path / "bench.jsonl"
+    (tmp_path / "bench_masks").mkdir()                                     # masks renamed, manifest not yet
+    (tmp_path / ".bench.jsonl.incomplete").write_text('{"id": "0000-cat"}\n')
+    assert main(["make-benchmark", str(photos), "--n", "2", "--out", str(out), "--classes", "toy"]) == 2
+    assert "already exists" in capsys.readouterr().err and out.read_text() == '{"id": "0000-cat"}\n'
+    (tmp_path / ".other_masks.incomplete").mkdir()                        # killed while drawing masks
+    (tmp_path / ".other.jsonl.incomplete").write_text('{"id": ')
+    assert main(["make-benchmark", str(photos), "--n", "2", "--out", str(tmp_path / "other.jsonl"),
+                 "--classes", "toy"]) == 0
+    assert len(read_lines(tmp_path / "other.jsonl")) == 2
+    assert not any(p.name.endswith(".incomplete") for p in tmp_path.iterdir())

@@ -176,3 +176,143 @@ def test_rank_orders_unranked_results_for_best_result_precision_as_blend_rank_do
         order, _ = rank(images, record["prompt"], tmp_path / f"{record['id']}.png", ranker=load_clip("tiny"))
         assert record["best"] == record["results"][order[0]] and record["ranked_by"] == "CLIP tiny"
     assert run["best_result_precision"] == sum(r["best_hit"] for r in run["per_input"]) / 2
+
+
+@pytest.fixture
+def no_models(monkeypatch):
+    """Any model load fails the test: every refusal must come before the judge and LPIPS load."""
+    monkeypatch.setattr(evaluation, "load_judge", lambda *a, **k: pytest.fail("the judge was loaded"))
+    monkeypatch.setattr(evaluation, "load_lpips", lambda *a, **k: pytest.fail("LPIPS was loaded"))
+
+
+def truncate(path: Path):
+    path.write_bytes(path.read_bytes()[:len(path.read_bytes()) // 2])
+
+
+@pytest.mark.parametrize("damage, named, expected", [
+    (lambda folder, tmp: truncate(folder / "0001-coffee" / "result_1.png"), "run/0001-coffee/result_1.png",
+     "cannot read this result of '0001-coffee' as an image"),
+    (lambda folder, tmp: (tmp / "0000-cat.png").write_text("not a png"), "0000-cat.png", "cannot read the mask file"),
+    (lambda folder, tmp: Image.new("L", (32, 32), 0).save(tmp / "0000-cat.png"), "0000-cat.png", "the mask is empty"),
+    (lambda folder, tmp: Image.new("RGB", (40, 32)).save(folder / "0000-cat" / "result_1.png"), "run/0000-cat",
+     "the results differ in size (32x32, 40x32)"),
+    (lambda folder, tmp: (folder / "0000-cat" / "ranking.txt").write_bytes(b"# ranked\nresult_1.png \xff\n"),
+     "ranking.txt", "is not UTF-8 text"),
+])
+def test_an_unreadable_result_or_mask_or_an_empty_mask_is_refused_naming_it_before_any_model_loads(
+        tmp_path, capsys, no_models, damage, named, expected):
+    manifest, folder = fake_results(tmp_path)
+    damage(folder, tmp_path)
+    out = tmp_path / "e.json"
+    assert main([str(folder), "--manifest", str(manifest), "--judge", "toy", "--out", str(out)]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("error: ") and named in error and expected in error, error
+    assert "Traceback" not in error and not out.exists() and not out.with_suffix(".md").exists()
+
+
+@pytest.mark.parametrize("field, value", [("mask", 3), ("prompt", None), ("prompt", ["cat"]), ("id", 7)])
+def test_a_manifest_field_that_is_not_a_string_is_refused_with_its_line_and_name(tmp_path, capsys, no_models,
+                                                                                field, value):
+    manifest, folder = fake_results(tmp_path)
+    lines = manifest.read_text().splitlines()
+    lines[1] = json.dumps({**json.loads(lines[1]), field: value})
+    manifest.write_text("\n".join(lines) + "\n")
+    assert main([str(folder), "--manifest", str(manifest), "--judge", "toy", "--out", str(tmp_path / "e.json")]) == 2
+    assert f'line 2: "{field}": expected a non-empty string, found {json.dumps(value)}' in capsys.readouterr().err
+
+
+def test_lpips_sizes_below_16_are_refused_before_any_model_loads_and_16_is_the_least_vgg_takes(tmp_path, capsys,
+                                                                                              no_models):
+    from blend.evaluate import LPIPS
+    manifest, folder = fake_results(tmp_path)
+    for size in ("1", "15", "-1"):
+        assert main([str(folder), "--manifest", str(manifest), "--judge", "toy", "--lpips-size", size,
+                     "--out", str(tmp_path / "e.json")]) == 2
+        assert "expected 0 (the crops as they are) or a side of at least 16 pixels" in capsys.readouterr().err
+    lpips = LPIPS().eval()
+    with torch.no_grad():
+        assert lpips(torch.zeros(1, 3, 16, 16), torch.ones(1, 3, 16, 16)).shape == (1,)
+        with pytest.raises(RuntimeError):
+            lpips(torch.zeros(1, 3, 15, 16), torch.ones(1, 3, 15, 16))
+    # --lpips-size 0 keeps the crops, 14x14 here (a 12x12 mask padded by 10%): refused, naming the mask
+    assert main([str(folder), "--manifest", str(manifest), "--judge", "toy", "--lpips-size", "0",
+                 "--out", str(tmp_path / "e.json")]) == 2
+    assert "the crop of '0000-cat' is 14x14, smaller than the 16x16 that LPIPS needs" in capsys.readouterr().err
+
+
+def test_a_manifest_with_a_bom_crlf_a_raw_line_separator_and_no_final_newline_is_read_as_json_lines(tmp_path):
+    manifest, folder = fake_results(tmp_path, prompts=("cat", "grass"))
+    lines = manifest.read_text().splitlines()
+    lines[0] = json.dumps({**json.loads(lines[0]), "note": "a\u2028b"}, ensure_ascii=False)   # JSON allows it raw
+    manifest.write_bytes(b"\xef\xbb\xbf" + "\r\n".join(lines).encode("utf-8"))
+    report = evaluate([folder], manifest, judge="toy", lpips="random", lpips_size=32)
+    assert [record["id"] for record in report["runs"][0]["per_input"]] == ["0000-cat", "0001-grass"]
+
+
+def test_a_manifest_that_is_not_utf8_or_is_a_folder_is_named_in_one_line(tmp_path, capsys, no_models):
+    manifest, folder = fake_results(tmp_path, prompts=("cat",))
+    manifest.write_bytes(manifest.read_bytes().replace(b'"prompt": "cat"', b'"prompt": "ch\xe2t"'))   # Latin-1
+    for path in (manifest, tmp_path):
+        assert main([str(folder), "--manifest", str(path), "--judge", "toy", "--out", str(tmp_path / "e.json")]) == 2
+        error = capsys.readouterr().err
+        assert error.count("\n") == 1 and f"the manifest {path}" in error
+        assert ("is not UTF-8 text (byte 0xe2 on line 1)" if path == manifest else "is a folder") in error
+
+
+@pytest.mark.parametrize("out, blocker", [("f/e.json", "f"), ("f/sub/e.json", "f")])
+def test_an_out_under_a_file_names_that_file_and_an_out_folder_or_md_name_is_refused(tmp_path, capsys, no_models,
+                                                                                    out, blocker):
+    manifest, folder = fake_results(tmp_path)
+    (tmp_path / "f").write_text("a file")
+    assert main([str(folder), "--manifest", str(manifest), "--judge", "toy", "--out", str(tmp_path / out)]) == 2
+    assert f"error: --out {tmp_path / out}: {tmp_path / blocker} is a file, not a folder" in capsys.readouterr().err
+    assert main([str(folder), "--manifest", str(manifest), "--judge", "toy", "--out", str(tmp_path)]) == 2
+    assert f"--out {tmp_path} is a folder; expected the name of a file" in capsys.readouterr().err
+    assert main([str(folder), "--manifest", str(manifest), "--judge", "toy", "--out", str(tmp_path / "e.md")]) == 2
+    assert "expected a .json name" in capsys.readouterr().err
+
+
+def test_evaluate_stopped_while_writing_leaves_nothing_and_the_next_run_finishes_a_pair_split_by_a_kill(
+        tmp_path, capsys, monkeypatch):
+    from blend.evaluate import report as report_module
+    manifest, folder = fake_results(tmp_path, prompts=("cat",))
+    options = [str(folder), "--manifest", str(manifest), "--judge", "toy", "--lpips", "random", "--lpips-size", "32"]
+    real_write = Path.write_text
+
+    def write_then_stop(path, text, *args, **kwargs):
+        real_write(path, text[:10], *args, **kwargs)
+        raise KeyboardInterrupt
+    monkeypatch.setattr(report_module.Path, "write_text", write_then_stop)
+    try:
+        status = main([*options, "--out", str(tmp_path / "e.json")])
+    except KeyboardInterrupt:
+        status = "KeyboardInterrupt escaped"
+    monkeypatch.undo()
+    assert status == 130
+    assert "interrupted" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["bench.jsonl", "run", "0000-cat.png"])
+    # A kill between the two renames leaves the whole JSON and the table's hidden file: the next run renames it.
+    (tmp_path / "k.json").write_text("{}")
+    (tmp_path / ".k.md.incomplete").write_text("| table |\n")
+    (tmp_path / ".e.json.incomplete").write_text('{"half')               # a kill while writing: removed
+    assert main([*options, "--out", str(tmp_path / "k.json")]) == 2
+    assert "k.json already exists" in capsys.readouterr().err
+    assert (tmp_path / "k.md").read_text() == "| table |\n" and not (tmp_path / ".k.md.incomplete").exists()
+    assert main([*options, "--out", str(tmp_path / "e.json")]) == 0
+    assert not any(p.name.endswith(".incomplete") for p in tmp_path.iterdir())
+
+
+def test_a_results_path_that_is_a_file_an_empty_row_name_and_a_missing_device_are_refused_before_any_model(
+        tmp_path, capsys, no_models, monkeypatch):
+    manifest, folder = fake_results(tmp_path)
+    options = ["--manifest", str(manifest), "--judge", "toy", "--out", str(tmp_path / "e.json")]
+    assert main([str(manifest), *options]) == 2
+    assert f"{manifest}: expected a results folder written by `python -m blend.batch`, found a file" in \
+        capsys.readouterr().err
+    assert main([str(folder), str(folder), "--names", "a,", *options]) == 2
+    assert "--names: found an empty name in 'a,'" in capsys.readouterr().err
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert main([str(folder), "--device", "cuda", *options]) == 2
+    assert "--device cuda: this machine has 0 CUDA GPU(s)" in capsys.readouterr().err
+    assert main([str(folder), "--device", "gpu0", *options]) == 2
+    assert "--device 'gpu0': expected cpu, cuda or cuda:N" in capsys.readouterr().err

@@ -17,6 +17,10 @@ drawn mask covers 10–40% of the pixels and, resized to the latent grid (1/8 of
 as Algorithm 1 does), still marks at least MIN_LATENT_PIXELS positions; otherwise it is drawn again.
 
 The prompt is the class name itself, so that blend.evaluate reads the class back from the prompt.
+
+Every drawn photograph is read whole before anything is written; one that cannot be read (truncated,
+not an image) is refused, naming it, rather than skipped: skipping would make the seed's manifest
+depend on which files a machine can decode, and python -m blend.batch would fail on it anyway.
 """
 import json
 import math
@@ -30,8 +34,10 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
+from ..errors import EditInputError
 from ..images import read_image
 from ..masks import resize_mask
+from .report import output_file_problem
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
 COVERAGE = (0.10, 0.40)
@@ -51,7 +57,11 @@ def image_files(folder) -> list:
     if not folder.is_dir():
         raise BenchmarkError(f"{folder}: expected a folder of photographs, found "
                              f"{'a file' if folder.exists() else 'nothing'}")
-    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    try:
+        files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    except OSError as error:
+        raise BenchmarkError(f"cannot list the images folder {folder}: {error.strerror or error}; expected a "
+                             f"readable folder of photographs") from None
     if not files:
         raise BenchmarkError(f"{folder} holds no photographs ({', '.join(IMAGE_SUFFIXES)}); point make-benchmark "
                              f"at a folder of images")
@@ -109,33 +119,59 @@ def make_benchmark(images_dir, n: int = 50, seed: int = 0, out="benchmark.jsonl"
         raise BenchmarkError(f"expected a list of class names, got {class_names!r}")
     out = Path(out)
     masks_dir = out.parent / f"{out.stem}_masks"
+    staging, temporary = out.parent / f".{masks_dir.name}.incomplete", out.parent / f".{out.name}.incomplete"
+    problem = output_file_problem(out)
+    if problem:
+        raise BenchmarkError(problem)
+    finish_interrupted(out, masks_dir, staging, temporary)
     for path in (out, masks_dir):
-        if path.exists():
+        if path.exists() or path.is_symlink():
             raise BenchmarkError(f"{path} already exists; make-benchmark never overwrites: choose another --out")
-    if not out.parent.is_dir():
-        raise BenchmarkError(f"{out.parent}: the folder for --out does not exist")
     photos = image_files(images_dir)
     rng = random.Random(seed)
     chosen = rng.sample(photos, n) if n <= len(photos) else [rng.choice(photos) for _ in range(n)]
-    staging = out.parent / f".{masks_dir.name}.incomplete"
-    shutil.rmtree(staging, ignore_errors=True)
+    sizes = photo_sizes(chosen)
     staging.mkdir()
     entries = []
     try:
         for index, photo in enumerate(chosen):
             name = rng.choice(names)
             item_id = f"{index:04d}-{slug(name)}"
-            width, height = read_image(photo).size
+            width, height = sizes[photo]
             mask, _ = random_mask(width, height, rng)
             mask.save(staging / f"{item_id}.png")
             entries.append({"id": item_id, "image": os.path.relpath(photo.resolve(), out.parent.resolve()),
                             "mask": f"{masks_dir.name}/{item_id}.png", "prompt": name})
-        temporary = out.parent / f".{out.name}.incomplete"
         temporary.write_text("".join(json.dumps(entry) + "\n" for entry in entries), encoding="utf-8")
-        staging.rename(masks_dir)
-        temporary.rename(out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
-        (out.parent / f".{out.name}.incomplete").unlink(missing_ok=True)
+        temporary.unlink(missing_ok=True)
         raise
+    staging.rename(masks_dir)     # a run stopped between these two renames is finished by the next one
+    temporary.rename(out)
     return entries
+
+
+def photo_sizes(photos: list) -> dict:
+    """{photo: (width, height) as displayed} for each photograph, each read whole; BenchmarkError names
+    every one that cannot be read."""
+    sizes, problems = {}, []
+    for photo in dict.fromkeys(photos):
+        try:
+            sizes[photo] = read_image(photo).size
+        except EditInputError as error:
+            problems.append(f"{error} make-benchmark draws from every image in the folder, so replace or remove "
+                            f"{photo.name}; nothing was written")
+    if problems:
+        raise BenchmarkError("\n".join(problems))
+    return sizes
+
+
+def finish_interrupted(out: Path, masks_dir: Path, staging: Path, temporary: Path) -> None:
+    """Tidy what a killed make-benchmark left beside `out`: a run stopped between its two renames left the
+    masks in place and the whole manifest under its hidden name, which is renamed now; any other hidden
+    file or folder of a killed run is removed."""
+    if masks_dir.is_dir() and not out.exists() and temporary.is_file() and not staging.exists():
+        temporary.rename(out)
+    shutil.rmtree(staging, ignore_errors=True)
+    temporary.unlink(missing_ok=True)
