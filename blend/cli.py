@@ -11,7 +11,9 @@ on any failure or interrupt.
 
 Exit status: 0 done; 2 an option, input or output folder refused, with one line `error: ...`,
 before any model is loaded and with nothing written; 1 the weights could not be loaded or the
-results could not be written; 130 interrupted (Ctrl-C), with nothing left half-written.
+results could not be written; 130 interrupted (Ctrl-C, SIGTERM or SIGHUP), with nothing left
+half-written. A hidden folder left by a run that was killed outright (SIGKILL) is removed by the
+next run for the same output name (ResultFolder).
 """
 import argparse
 import errno
@@ -20,10 +22,17 @@ import re
 import secrets
 import shlex
 import shutil
+import signal
 import sys
+import threading
 import time
 import warnings
 from pathlib import Path
+
+try:
+    import fcntl  # POSIX: a run's hidden folder is locked while it lives
+except ImportError:  # Windows: no locks, and so no removal of a killed run's folder
+    fcntl = None
 
 import torch
 from PIL import Image
@@ -43,6 +52,8 @@ EXAMPLE_IMAGE = ASSETS / "example.jpg"       # scikit-image's "coffee" photograp
 EXAMPLE_MASK = ASSETS / "example_mask.png"   # white = the cup, the region to edit
 EXAMPLE_PROMPT = "a cat"
 DTYPE_NAMES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+PARTIAL = re.compile(r"\.(?P<name>.+)\.[0-9a-f]{8}\.partial")  # ResultFolder's hidden folders
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name))
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -96,16 +107,31 @@ def add_edit_options(parser: argparse.ArgumentParser) -> None:
                         help="weights' dtype (default: bfloat16 for SD and SDXL on a CPU with native bf16, "
                              "else float32; the run prints which)")
     parser.add_argument("--size", type=int, default=None,
-                        help="working long side in pixels, at least what each side must divide by (64 for SD, "
-                             f"16 for tiny, 1 for the toy); a warning above {LARGE_SIZE} (default: the model's)")
+                        help="working long side in pixels, at least what each side must divide by (64 for SD and "
+                             f"the LDM, 32 for SDXL, 16 for tiny, 1 for the toy); a warning above {LARGE_SIZE} "
+                             "(default: the model's)")
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    with warnings.catch_warnings():  # warnings as plain "warning: ..." lines, for this run only
-        warnings.simplefilter("always")
-        warnings.showwarning = lambda message, *_, **__: print(f"warning: {message}", file=sys.stderr)
-        return run(args)
+    stopped_by = {}  # SIGTERM (kill, a job scheduler) and SIGHUP (the terminal closed) end the run as Ctrl-C does
+    if threading.current_thread() is threading.main_thread():
+        stopped_by = {number: signal.signal(number, _interrupt) for number in STOP_SIGNALS}
+    try:
+        with warnings.catch_warnings():  # warnings as plain "warning: ..." lines, for this run only
+            warnings.simplefilter("always")
+            warnings.showwarning = lambda message, *_, **__: print(f"warning: {message}", file=sys.stderr)
+            return run(args)
+    except KeyboardInterrupt:  # before the output folder existed: nothing was written
+        print("interrupted: nothing was written", file=sys.stderr)
+        return 130
+    finally:
+        for number, previous in stopped_by.items():
+            signal.signal(number, previous)
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
 
 
 def run(args: argparse.Namespace) -> int:
@@ -124,22 +150,20 @@ def run(args: argparse.Namespace) -> int:
             output = ResultFolder(wanted)
         except OSError as error:
             problem = unwritable_message(wanted, error, given=bool(args.out))
-        else:
+    if problem is None:
+        try:
             problem = space_problem(output, result_bytes(image.size, args.samples), given=bool(args.out))
-            if problem is not None:
-                output.discard()
-    if problem is not None:
-        print(f"error: {problem}", file=sys.stderr)
-        return 2
-    try:
-        return edit_and_write(args, image, mask, output)
-    except KeyboardInterrupt:
-        output.discard()
-        print(f"interrupted: {f'the results are in {output.final}/' if output.final else 'nothing was written'}",
-              file=sys.stderr)
-        return 130
-    finally:
-        output.discard()  # unless it was renamed into place: a result folder is whole or absent
+            if problem is None:
+                return edit_and_write(args, image, mask, output)
+        except KeyboardInterrupt:
+            output.discard()
+            print(f"interrupted: {f'the results are in {output.final}/' if output.final else 'nothing was written'}",
+                  file=sys.stderr)
+            return 130
+        finally:
+            output.discard()  # unless it was renamed into place: a result folder is whole or absent
+    print(f"error: {problem}", file=sys.stderr)
+    return 2
 
 
 def option_refusal(args: argparse.Namespace) -> str | None:
@@ -169,13 +193,11 @@ def edit_and_write(args: argparse.Namespace, image: Image.Image, mask, output: "
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     try:
         model = load_model(args.model, dtype=DTYPE_NAMES.get(args.dtype), device=device, allow_pickle=args.allow_pickle)
-    except PickleRefusedError as error:  # a diffusers folder with .bin weights
-        if getattr(error, "path", None) is None:
-            raise
-        print(f"error: {pickle_refusal_message(args.model, error.path)}", file=sys.stderr)
-        return 2
-    except Exception as error:  # any failure to get weights ends here, with one clear paragraph
-        print(cannot_load_message(args.model, error), file=sys.stderr)
+    except Exception as error:  # any failure to get weights ends here, with one clear paragraph (status 1)
+        if isinstance(error, PickleRefusedError) and getattr(error, "path", None) is not None:
+            print(f"error: {pickle_refusal_message(args.model, error.path)}", file=sys.stderr)  # .bin weights in
+            return 2                                                    # a diffusers folder, without --allow-pickle
+        print(cannot_load_message(args.model, error), file=sys.stderr)  # incl. what torch.load(weights_only) refused
         return 1
     ranker = None
     if args.rank:  # before the edit, so that missing CLIP weights cost no sampling time
@@ -312,16 +334,23 @@ class ResultFolder:
     can be written. `commit()` renames it to `wanted`, or `wanted-1`, `wanted-2`, … when that name is
     taken: an existing folder or file is never written into. `discard()` removes it and the parents
     this run created, unless it was committed.
+
+    The hidden folder, `.<wanted's name>.<8 hex digits>.partial` (PARTIAL), is held under an exclusive
+    lock (flock) while this run lives. A run killed outright (SIGKILL, a power cut) cannot remove it, so
+    each new run for the same name removes those whose lock it can take: their run is gone. A live run's
+    folder stays locked and is left alone. (Without fcntl, on Windows, nothing is locked or removed.)
     """
 
     def __init__(self, wanted: Path):
         if wanted.name in ("", ".", ".."):  # "--out ." : a new folder beside the current one
             wanted = Path(os.path.abspath(wanted))
         self.wanted, self.final, self.created = wanted, None, []
-        self.temporary = None
+        self.temporary, self._lock = None, None
         try:
             self._make_parents(wanted.parent)
             self.temporary = self._make_hidden(wanted.parent)
+            self._lock = lock_folder(self.temporary, wait=True)
+            remove_stale_partials(wanted.parent, wanted.name)
         except BaseException:
             self.discard()
             raise
@@ -361,6 +390,9 @@ class ResultFolder:
             candidate = self.wanted.with_name(f"{self.wanted.name}-{number}")
 
     def discard(self) -> None:
+        if self._lock is not None:
+            os.close(self._lock)
+            self._lock = None
         if self.final is not None:
             return
         if self.temporary is not None:
@@ -372,6 +404,40 @@ class ResultFolder:
             except OSError:
                 break
         self.created = []
+
+
+def lock_folder(folder: Path, wait: bool) -> int | None:
+    """An open descriptor of `folder` holding an exclusive flock on it, or None: another process holds it
+    (wait=False), or this system has no flock. Closing the descriptor, or the process ending, releases it."""
+    if fcntl is None:
+        return None
+    descriptor = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(descriptor)
+        return None
+    return descriptor
+
+
+def remove_stale_partials(parent: Path, name: str) -> None:
+    """Remove the hidden folders `.<name>.<8 hex digits>.partial` in `parent` that no live run holds locked:
+    what a run killed before it could clean up (SIGKILL) left behind."""
+    if fcntl is None:
+        return
+    for entry in os.scandir(parent):
+        match = PARTIAL.fullmatch(entry.name)
+        if not (match and match["name"] == name and entry.is_dir(follow_symlinks=False)):
+            continue
+        try:
+            descriptor = lock_folder(Path(entry.path), wait=False)
+        except OSError:  # removed meanwhile, or not ours to read
+            continue
+        if descriptor is not None:
+            try:
+                shutil.rmtree(entry.path, ignore_errors=True)
+            finally:
+                os.close(descriptor)
 
 
 def slug(text: str) -> str:

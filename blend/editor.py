@@ -17,8 +17,9 @@ at 0.5). A mask of another size than the image is resized to it (nearest) with a
 mask is an error (nothing to edit); a full mask is allowed (then the whole image is generated from the
 noised source). The model works at a "working size": the image scaled so
 that its long side is about `size` (default: the model's training resolution), each side a multiple of
-what the networks divide by (64 for SD: 8 in the autoencoder, 8 in the UNet); results are resized back
-to the image's own size.
+what the networks divide by (64 for SD: 8 in the autoencoder, 8 in the UNet) and at least one such
+multiple, so a photograph of any size from 1x1 up runs (a 300x1 one at 512x64 with SD); results are
+resized back to the image's own size.
 """
 import copy
 import sys

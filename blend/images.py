@@ -44,7 +44,8 @@ official script's rule):
         pass `ImageOps.invert(mask.getchannel("A"))` for those;
       - both varying (e.g. a photograph with the region erased) → refused as ambiguous; the message
         says how to pass the channel that is meant.
-  * arrays and tensors, squeezed to (H, W): bool as 0/1; uint16 as 16-bit levels (/ 65535, or labels
+  * arrays and tensors, (H, W) or that with axes of length 1 before it (1, 1, H, W) or one after it
+    (H, W, 1), so a 1-pixel-high mask stays (1, W): bool as 0/1; uint16 as 16-bit levels (/ 65535, or labels
     when only 0 and 1); any other type: values in [0, 1] as they are, values up to 255 as 0–255;
     negative, larger or non-finite values are refused.
   A mask of another size than the photograph is resized to it (nearest) with a warning. An empty
@@ -90,7 +91,7 @@ def read_mask(mask, image_size: tuple) -> np.ndarray:
     if isinstance(mask, Image.Image):
         values, reading = image_mask_values(upright(mask), name)
     else:
-        values, reading = array_mask_values(mask, name)
+        values, reading = array_mask_values(mask, name, image_size)
     binary = (values >= 0.5).astype(np.float32)
     if not binary.any():
         low, high = float(values.min()), float(values.max())
@@ -112,17 +113,37 @@ def read_mask(mask, image_size: tuple) -> np.ndarray:
 
 
 def open_image(path, what: str) -> Image.Image:
-    """The image file at `path`, loaded into memory; `what` ("image", "mask") names it in errors."""
+    """The image file at `path`, loaded into memory; `what` ("image", "mask") names it in errors.
+
+    A path that is a folder, lies under a file, is missing, empty, unreadable, truncated or not an image is
+    refused with an EditInputError naming the path at fault."""
     path = Path(path)
     if not path.is_file():
-        raise EditInputError(f"{what} file not found: {path}. Check the path.")
+        above = next((parent for parent in path.parents if parent.exists()), None)
+        if path.is_dir():
+            found = f"{path} is a folder, not an image file"
+        elif above is not None and not above.is_dir():
+            found = f"{above} is a file, so {path} cannot be under it"
+        else:
+            raise EditInputError(f"{what} file not found: {path}. Check the path.")
+        raise EditInputError(f"the {what} file {path}: {found}; expected a PNG or JPEG file. Check the path.")
     try:
         with Image.open(path) as opened:
             opened.load()
             image = opened.copy()
-    except (UnidentifiedImageError, OSError) as error:
-        raise EditInputError(f"cannot read the {what} file {path} as an image: {error}. "
-                             f"Save it as PNG or JPEG.") from None
+    except PermissionError as error:
+        raise EditInputError(f"cannot read the {what} file {path}: {error.strerror}; expected a readable image "
+                             f"file. Check its permissions.") from None
+    except Image.DecompressionBombError as error:
+        raise EditInputError(f"cannot read the {what} file {path} as an image: {error}; expected at most "
+                             f"{2 * Image.MAX_IMAGE_PIXELS} pixels. Scale it down.") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+        empty = path.stat().st_size == 0
+        cut_short = empty or "truncated" in str(error).lower()
+        found = "the file is empty (0 bytes)" if empty else str(error)
+        advice = ("It was cut short, e.g. by an interrupted download or copy: copy or export it again."
+                  if cut_short else "Save it as PNG or JPEG.")
+        raise EditInputError(f"cannot read the {what} file {path} as an image: {found}. {advice}") from None
     image.filename = str(path)  # copy() drops it; describe() names the file in later errors
     return image
 
@@ -231,7 +252,7 @@ def palette_mask_values(image: Image.Image) -> tuple[np.ndarray, str]:
     return greys, "its palette colours as grey levels / 255"
 
 
-def array_mask_values(mask, name: str) -> tuple[np.ndarray, str]:
+def array_mask_values(mask, name: str, image_size: tuple | None = None) -> tuple[np.ndarray, str]:
     """(H, W) values in [0, 1] of a mask array or tensor (module docstring's rules)."""
     if isinstance(mask, torch.Tensor):
         mask = mask.detach().cpu().numpy()
@@ -243,9 +264,10 @@ def array_mask_values(mask, name: str) -> tuple[np.ndarray, str]:
         raise EditInputError(f"the mask must be a path, a PIL image, or a numeric array or tensor, got "
                              f"{type(mask).__name__}. Pass the mask's path or a (H, W) array with 1 = edit.")
     shape = values.shape
-    values = values.squeeze()
+    values = mask_plane(values, image_size)
     if values.ndim != 2:
-        raise EditInputError(f"a mask array must be 2-D (H, W), got shape {shape}. Pass one channel, 1 = edit.")
+        raise EditInputError(f"a mask array must be 2-D (H, W), or that with axes of length 1 before it or one "
+                             f"after it, got shape {shape}. Pass one channel, 1 = edit.")
     if values.dtype == bool:
         return values.astype(np.float32), "booleans"
     if values.dtype == np.uint16 and values.max() > 1:
@@ -256,6 +278,21 @@ def array_mask_values(mask, name: str) -> tuple[np.ndarray, str]:
         raise EditInputError(f"{name} has values in [{low:.4g}, {high:.4g}]; expected values in [0, 1] or 0–255 "
                              f"(or a uint16 array of 16-bit levels), 1 or 255 = edit. Scale it to [0, 1].")
     return (values / 255, "values / 255 (0–255)") if high > 1 else (values, "values in [0, 1]")
+
+
+def mask_plane(values: np.ndarray, image_size: tuple | None = None) -> np.ndarray:
+    """(H, W) from (H, W, 1) or (1, …, 1, H, W); other shapes as they are. Unlike squeeze(), a side of 1 pixel
+    stays: a 300x1 mask is (1, 300). Where both readings exist ((1, 300, 1): H = 1 with a channel, or W = 1
+    after a batch axis), the one of the image's size = (W, H) wins, else the channel-last one."""
+    readings = []
+    for channel_last_first in (True, False):
+        plane = values
+        for last in (channel_last_first, not channel_last_first):
+            while plane.ndim > 2 and plane.shape[-1 if last else 0] == 1:
+                plane = plane[..., 0] if last else plane[0]
+        readings.append(plane)
+    fitting = [plane for plane in readings if image_size is not None and plane.shape == tuple(image_size)[::-1]]
+    return (fitting or readings)[0]
 
 
 # ----------------------------------------------------------------------------- PIL ↔ tensors
@@ -279,4 +316,4 @@ def tensor_to_image(x: torch.Tensor) -> Image.Image:
 def mask_to_image(mask) -> Image.Image:
     """An (H, W) mask of 0/1 (array or tensor) → an RGB PIL image, white = edit."""
     values = mask.detach().cpu().numpy() if isinstance(mask, torch.Tensor) else np.asarray(mask)
-    return Image.fromarray((values.squeeze() * 255).round().astype(np.uint8)).convert("RGB")
+    return Image.fromarray((mask_plane(values) * 255).round().astype(np.uint8)).convert("RGB")

@@ -13,14 +13,19 @@ and exits with status 2. The ranges:
     num_samples      1 or more
     seed             0 … 2**64 − 1, what torch.Generator.manual_seed takes. Negative seeds are refused:
                      torch maps −n to 2**64 − n, so −1 would silently be the same run as 2**64 − 1
-    size             at least what each side must divide by: 64 for SD (8 in the autoencoder, 8 in
-                     the UNet; assumed for a checkpoint path), 16 for tiny, 1 for the toy. Above
-                     LARGE_SIZE it only warns (memory and time grow quickly past the training size)
+    size             at least what each side must divide by: 64 for SD and the LDM (8 in the autoencoder,
+                     8 in the UNet; assumed for a checkpoint path), 32 for SDXL, 16 for tiny, 1 for the
+                     toy. Above LARGE_SIZE it only warns (memory and time grow quickly past the training
+                     size). The photograph itself may be as small as 1x1: blend.editor.working_size gives
+                     each side at least one multiple
     device           cpu, cuda, cuda:N (N below the number of GPUs), mps or xpu, and available here
-    model            a model name (weights.MODEL_NAMES: "toy" and the presets), or an existing file or
-                     folder (a missing one is not looked for on the Hub: only preset names are; "" is
-                     refused, not read as ".")
-    rank             a CLIP name (ViT-B/16, ViT-L/14, tiny) or an existing .safetensors file
+    model            a model name (weights.MODEL_NAMES: "toy" and the presets), or an existing, readable
+                     folder or non-empty .safetensors / .ckpt / .pt / .pth / .bin file (a missing one is not
+                     looked for on the Hub: only preset names are; "" is refused, not read as ".")
+    rank             a CLIP name (ViT-B/16, ViT-L/14, tiny) or a readable, non-empty .safetensors file
+    vae              "fp16-fix" or a folder holding config.json and diffusion_pytorch_model.safetensors
+    A path is refused by the part at fault: a folder given for a file or a file for a folder, a path
+    under a file (naming that file), a missing, unreadable or empty file (path_problem).
 
 What needs the network (is a preset's Hub repository reachable, are the files cached?) or the
 weights (does the file hold a model?) is left to the loader.
@@ -28,6 +33,7 @@ weights (does the file hold a model?) is left to the loader.
 import json
 import math
 import numbers
+import os
 import warnings
 from pathlib import Path
 
@@ -36,6 +42,8 @@ import torch
 from clip import CLIP_NAMES
 from samplers import ddim_timesteps
 from weights import MODEL_NAMES, spec_of
+from weights.load import VAE_FILES
+from weights.pickle_checkpoint import PICKLE_SUFFIXES
 
 from .algorithm import VARIANTS
 from .reconstruction import MODES
@@ -46,6 +54,7 @@ CHECKPOINT_SIZE_MULTIPLE = 64   # SD 1.x/2.x: the autoencoder divides by 8, then
 LARGE_SIZE = 2048
 DEVICE_TYPES = ("cpu", "cuda", "mps", "xpu")
 CLI_FLAGS = {"num_samples": "--samples", "guidance_scale": "--guidance"}
+MODEL_FILE_SUFFIXES = (".safetensors", *PICKLE_SUFFIXES)
 
 
 def option_problem(*, steps=50, start=0.25, guidance_scale=None, num_samples=1, seed=42, size=None, device=None,
@@ -68,9 +77,11 @@ def option_problem(*, steps=50, start=0.25, guidance_scale=None, num_samples=1, 
             and getattr(spec_of(model), "text_2", None) is None:
         return (f"{named('variant', variant)}: the official SDXL script's loop needs an SDXL model "
                 f"({'--model' if cli else 'model='} sdxl-base-1.0 or an SDXL file), not {model!r}")
-    if isinstance(vae, (str, Path)) and vae != "fp16-fix" and not Path(vae).expanduser().is_dir():
-        return (f"{named('vae', vae)}: expected 'fp16-fix' (madebyollin/sdxl-vae-fp16-fix) or an existing diffusers "
-                f"vae/ folder (config.json + diffusion_pytorch_model.safetensors)")
+    if isinstance(vae, (str, Path)) and vae != "fp16-fix":
+        problem = path_problem(vae, "folder") or folder_files_problem(Path(vae).expanduser(), VAE_FILES)
+        if problem:
+            return (f"{named('vae', vae)}: {problem}; expected 'fp16-fix' (madebyollin/sdxl-vae-fp16-fix) or a "
+                    f"diffusers vae/ folder ({' + '.join(VAE_FILES)})")
     for option, value, low in (("steps", steps, 1), ("num_samples", num_samples, 1), ("seed", seed, 0)):
         if not _is_integer(value):
             return f"{named(option, value)}: expected a whole number"
@@ -107,13 +118,76 @@ def option_problem(*, steps=50, start=0.25, guidance_scale=None, num_samples=1, 
     if problem:
         return f"{named('device', device)}: {problem}"
     if isinstance(model, (str, Path)) and not _is_known_model(model):
+        under = _file_above(Path(model).expanduser()) if str(model).strip() else None
+        found = (f"{under} is a file, so nothing can be under it" if under else
+                 f"looked for {Path(model).expanduser().resolve()}")
         return (f"{named('model', model)}: neither a model name ({', '.join(MODEL_NAMES)}) nor an "
-                f"existing file or folder (looked for {Path(model).expanduser().resolve()}); give one of those "
-                f"names, a .safetensors file or a diffusers folder")
-    if rank is not None and not (isinstance(rank, str) and rank in CLIP_NAMES) and not _is_safetensors_file(rank):
-        return (f"{named('rank', rank)}: neither a CLIP model name ({', '.join(CLIP_NAMES)}) nor an existing "
-                f".safetensors file (looked for {Path(rank).expanduser().resolve()}); give one of those names or a "
-                f"transformers CLIPModel model.safetensors")
+                f"existing file or folder ({found}); give one of those names, a .safetensors file or a diffusers "
+                f"folder")
+    if isinstance(model, (str, Path)) and not (isinstance(model, str) and model in MODEL_NAMES):
+        problem = path_problem(model, "either", suffixes=MODEL_FILE_SUFFIXES)
+        if problem:
+            return (f"{named('model', model)}: {problem}; expected a .safetensors checkpoint, a diffusers folder, or "
+                    f"(with {'--allow-pickle' if cli else 'allow_pickle'}) a {'/'.join(PICKLE_SUFFIXES)} file")
+    if rank is not None and not (isinstance(rank, str) and rank in CLIP_NAMES):
+        problem = path_problem(rank, "file", suffixes=(".safetensors",))
+        if problem:
+            return (f"{named('rank', rank)}: neither a CLIP model name ({', '.join(CLIP_NAMES)}) nor a readable "
+                    f".safetensors file: {problem}; give one of those names or a transformers CLIPModel "
+                    f"model.safetensors")
+    return None
+
+
+def path_problem(path, kind: str, suffixes: tuple = ()) -> str | None:
+    """Why `path` cannot be read as a `kind` ("file", "folder" or "either"; a file ending in one of `suffixes`
+    when given), in words that name the path at fault; None when it can (without reading more than a byte)."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        above = _file_above(path)
+        if above is not None:
+            return f"{above} is a file, so {path} cannot be under it"
+        return f"{path} does not exist (looked for {path.resolve()})"
+    if path.is_dir():
+        if kind == "file":
+            return f"{path} is a folder, not a file"
+        try:
+            next(os.scandir(path), None)
+        except OSError as error:
+            return f"the folder {path} cannot be read ({error.strerror or error})"
+        return None
+    if kind == "folder":
+        return f"{path} is a file, not a folder"
+    if suffixes and path.suffix not in suffixes:
+        found = f"a {path.suffix} file" if path.suffix else "a file without a suffix"
+        return f"{path} is {found}, not a {' or '.join(suffixes)} file"
+    try:
+        descriptor = os.open(path, os.O_RDONLY)
+        try:
+            empty = not os.read(descriptor, 1)
+        finally:
+            os.close(descriptor)
+    except OSError as error:
+        return f"{path} cannot be read ({error.strerror or error}); check its permissions"
+    if empty:
+        return (f"{path} is empty (0 bytes), perhaps cut short by an interrupted download or copy; download or "
+                f"copy it again")
+    return None
+
+
+def folder_files_problem(folder: Path, names: tuple) -> str | None:
+    """Which of the files `names` the folder `folder` lacks (or holds as something else), or None."""
+    for name in names:
+        problem = path_problem(folder / name, "file")
+        if problem:
+            return problem
+    return None
+
+
+def _file_above(path: Path) -> Path | None:
+    """The nearest existing ancestor of a missing `path` when it is a file (so `path` cannot exist), else None."""
+    for parent in path.parents:
+        if parent.exists():
+            return parent if not parent.is_dir() else None
     return None
 
 
@@ -175,11 +249,6 @@ def _is_known_model(model) -> bool:
     if not str(model).strip():
         return False                      # "" would be the current folder
     return (isinstance(model, str) and model in MODEL_NAMES) or Path(model).expanduser().exists()
-
-
-def _is_safetensors_file(path) -> bool:
-    path = Path(path).expanduser()
-    return path.suffix == ".safetensors" and path.is_file()
 
 
 def _is_integer(value) -> bool:

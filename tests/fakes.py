@@ -9,7 +9,8 @@ way but their values. This module writes
 - `write_diffusers_folder`: a diffusers-layout folder, with config.json files in the
   published format and the real CLIP tokenizer tables (vocab.json, merges.txt);
 - `write_hub_cache`: a Hugging Face cache entry (blobs/, refs/main, snapshots/<commit>/)
-  for a repository id, so that `huggingface_hub` finds it with `HF_HUB_OFFLINE=1`.
+  for a repository id, so that `huggingface_hub` finds it with `HF_HUB_OFFLINE=1`;
+- `write_refused_pickle`: a pickle checkpoint that `torch.load(weights_only=True)` refuses, of each kind.
 
 Every weight is `random_tensor(name, shape, seed)` under our name, with seeds
 `load.TINY_MODEL_SEEDS`, so `fill_random_(spec.build_unet(), 0)` rebuilds the same UNet.
@@ -17,6 +18,7 @@ Every weight is `random_tensor(name, shape, seed)` under our name, with seeds
 import hashlib
 import json
 import os
+import pickle
 import zlib
 from dataclasses import replace
 from pathlib import Path
@@ -248,3 +250,46 @@ def write_hub_cache(cache_dir: str | Path, repo_id: str, files: dict, commit: st
             link.unlink()
         link.symlink_to(os.path.relpath(blob, link.parent))
     return snapshot
+
+
+# ----------------------------------------------------------------------------- pickles torch.load refuses
+class PickledObject:
+    """A training object stored beside the weights (as Lightning stores callbacks)."""
+
+    def __init__(self):
+        self.step = 470000
+
+
+class PickledCall:
+    """An object whose unpickling calls a function: os.system creating `marker`, if anything ran it."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch '{self.marker}'",))
+
+
+REFUSED_PICKLE_KINDS = ("class instance", "__reduce__ call", "legacy non-zip", "plain pickle.dump", "bare tensor")
+
+
+def write_refused_pickle(path: str | Path, kind: str) -> Path:
+    """A `.ckpt` at `path` that torch.load(weights_only=True) refuses or that holds no dict of tensors, by `kind`:
+    a class instance beside the weights, a `__reduce__` call (which would create `<path>.ran`), a legacy (non-zip)
+    torch.save file with a class instance, a plain pickle.dump (not torch.save), or a bare tensor."""
+    path = Path(path)
+    tensors = {"model.diffusion_model.input_blocks.0.0.weight": torch.zeros(2, 4, 3, 3)}
+    if kind == "class instance":
+        torch.save({"state_dict": tensors, "callbacks": PickledObject()}, path)
+    elif kind == "__reduce__ call":
+        torch.save({"state_dict": tensors, "callbacks": PickledCall(path.with_name(path.name + ".ran"))}, path)
+    elif kind == "legacy non-zip":
+        torch.save({"state_dict": tensors, "callbacks": PickledObject()}, path, _use_new_zipfile_serialization=False)
+    elif kind == "plain pickle.dump":
+        with open(path, "wb") as file:
+            pickle.dump({"state_dict": {name: value.tolist() for name, value in tensors.items()}}, file, protocol=4)
+    elif kind == "bare tensor":
+        torch.save(torch.zeros(3), path)
+    else:
+        raise ValueError(f"unknown kind {kind!r}; one of {REFUSED_PICKLE_KINDS}")
+    return path

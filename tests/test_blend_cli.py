@@ -364,3 +364,127 @@ def test_cli_allow_pickle_reads_a_ckpt(tmp_path, tiny_ckpt):
     assert main(["--model", str(tiny_ckpt), "--allow-pickle", "--samples", "1", "--steps", "4", "--size", "64",
                  "--out", str(out)]) == 0
     results_of(out, 1)
+
+
+@pytest.mark.parametrize("kind", ["class instance", "__reduce__ call", "legacy non-zip", "plain pickle.dump",
+                                  "bare tensor"])
+def test_cli_allow_pickle_file_torch_load_refuses_ends_in_one_paragraph_with_status_1(tmp_path, capsys, kind):
+    import fakes
+    checkpoint = fakes.write_refused_pickle(tmp_path / "model.ckpt", kind)
+    out = tmp_path / "out"
+    assert main(["--model", str(checkpoint), "--allow-pickle", "--out", str(out)]) == 1
+    captured = capsys.readouterr()
+    message = captured.err.strip().splitlines()[-1]
+    assert message.startswith(f"error: could not load the model {str(checkpoint)!r}: {checkpoint}: ")
+    assert ("not a dict of named tensors" if kind == "bare tensor" else "torch.load(weights_only=True) refused it"
+            ) in message
+    assert "Traceback" not in captured.err and "weights_only` set to `False`" not in message and "\x1b" not in message
+    assert not out.exists() and not (tmp_path / "model.ckpt.ran").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.ckpt"]
+
+
+# ----------------------------------------------------------------------------- photographs with a side of 1 pixel
+@pytest.mark.parametrize("model", ["toy", "tiny"])
+@pytest.mark.parametrize("size", [(300, 1), (1, 300)])
+def test_cli_edits_a_photograph_one_pixel_high_or_wide_with_its_mask(tmp_path, capsys, model, size):
+    Image.new("RGB", size, (200, 120, 40)).save(tmp_path / "photo.png")
+    Image.new("L", size, 255).save(tmp_path / "mask.png")
+    out = tmp_path / "out"
+    assert main(["--model", model, "--image", str(tmp_path / "photo.png"), "--mask", str(tmp_path / "mask.png"),
+                 "--samples", "1", "--steps", "2", *(["--size", "16"] if model == "tiny" else []),
+                 "--out", str(out)]) == 0, capsys.readouterr().err
+    assert results_of(out, 1)[0].size == size
+    assert Image.open(out / "grid.png").size == (3 * size[0], size[1])   # input | mask | result, at its height
+
+
+# ----------------------------------------------------------------------------- paths given to the options
+@pytest.fixture
+def paths(tmp_path):
+    """A file, a folder, an empty .safetensors and an empty .ckpt in tmp_path/in, named by what they are."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("mine")
+    (folder / "folder").mkdir()
+    (folder / "empty.safetensors").write_bytes(b"")
+    (folder / "empty.ckpt").write_bytes(b"")
+    return folder
+
+
+@pytest.mark.parametrize("arguments, needed", [
+    (["--model", "{in}/notes.txt"], ["--model {in}/notes.txt: {in}/notes.txt is a .txt file, not a .safetensors"]),
+    (["--model", "{in}/notes.txt/model.safetensors"], ["{in}/notes.txt is a file, so nothing can be under it"]),
+    (["--model", "{in}/empty.safetensors"], ["{in}/empty.safetensors is empty (0 bytes)", "download or copy"]),
+    (["--model", "{in}/empty.ckpt", "--allow-pickle"], ["{in}/empty.ckpt is empty (0 bytes)"]),
+    (["--model", "toy", "--rank", "{in}/folder"], ["--rank {in}/folder", "{in}/folder is a folder, not a file"]),
+    (["--model", "toy", "--rank", "{in}/notes.txt/clip.safetensors"],
+     ["{in}/notes.txt is a file, so {in}/notes.txt/clip.safetensors cannot be under it"]),
+    (["--model", "toy", "--rank", "{in}/empty.safetensors"], ["{in}/empty.safetensors is empty (0 bytes)"]),
+    (["--model", "toy", "--vae", "{in}/notes.txt"], ["--vae {in}/notes.txt: {in}/notes.txt is a file, not a folder"]),
+    (["--model", "toy", "--vae", "{in}/folder"], ["{in}/folder/config.json does not exist", "diffusers vae/ folder"]),
+    (["--model", "toy", "--vae", "{in}/notes.txt/vae"], ["{in}/notes.txt is a file, so {in}/notes.txt/vae cannot"]),
+    (["--model", "toy", "--image", "{in}/folder", "--mask", str(EXAMPLE_MASK)],
+     ["the image file {in}/folder: {in}/folder is a folder, not an image file"]),
+    (["--model", "toy", "--image", str(EXAMPLE_IMAGE), "--mask", "{in}/notes.txt/mask.png"],
+     ["the mask file {in}/notes.txt/mask.png: {in}/notes.txt is a file, so"]),
+    (["--model", "toy", "--image", "{in}/empty.safetensors", "--mask", str(EXAMPLE_MASK)],
+     ["the file is empty (0 bytes). It was cut short"]),
+], ids=lambda value: " ".join(value).replace("{in}/", "") if isinstance(value, list) and value[0] == "--model"
+    else None)
+def test_cli_path_option_is_refused_before_loading_naming_the_part_at_fault(tmp_path, capsys, no_model_loads, paths,
+                                                                          arguments, needed):
+    arguments = [argument.replace("{in}", str(paths)) for argument in arguments]
+    assert_refused(tmp_path, capsys, arguments, *(text.replace("{in}", str(paths)) for text in needed))
+
+
+def test_cli_unreadable_model_file_is_refused_before_loading(tmp_path, capsys, monkeypatch, no_model_loads, paths):
+    # As root every file is readable, so the kernel's answer to everyone else is given by os.open for that file.
+    locked = paths / "locked.safetensors"
+    locked.write_bytes(b"x" * 16)
+    real_open = os.open
+    def refusing_open(path, *args, **kwargs):
+        if Path(path) == locked:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, *args, **kwargs)
+    monkeypatch.setattr(os, "open", refusing_open)
+    assert_refused(tmp_path, capsys, ["--model", str(locked)],
+                   f"--model {locked}: {locked} cannot be read (Permission denied); check its permissions")
+
+
+# ----------------------------------------------------------------------------- stopped runs leave nothing behind
+def test_cli_next_run_removes_the_hidden_folder_a_killed_run_left_but_not_a_live_runs(tmp_path, capsys):
+    from blend.cli import lock_folder
+    out = tmp_path / "run"
+    killed, live = tmp_path / ".run.0123abcd.partial", tmp_path / ".run.89abcdef.partial"
+    other = tmp_path / ".other.0123abcd.partial"                    # another output name: not this run's business
+    for folder in (killed, live, other):
+        folder.mkdir()
+        (folder / "result_0.png").write_bytes(b"\x89PNG\r\n\x1a\n")   # half-written
+    held = lock_folder(live, wait=True)                               # a run still writing holds its folder
+    try:
+        assert main(["--model", "toy", "--samples", "1", "--steps", "2", "--size", "16", "--out", str(out)]) == 0
+    finally:
+        os.close(held)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live.name, other.name, "run"])
+    results_of(out, 1)
+
+
+@pytest.mark.processes
+@pytest.mark.parametrize("signal_name", ["SIGTERM", "SIGHUP"])
+def test_cli_stopped_by_a_signal_while_writing_leaves_nothing_half_written(tmp_path, signal_name):
+    # The run sends itself the signal while it writes its second file, as `kill` or a closed terminal would.
+    script = (f"import os, signal, sys\nfrom PIL import Image\nfrom blend.cli import main\nsaved = []\n"
+              f"real_save = Image.Image.save\n"
+              f"def save(self, *args, **kwargs):\n"
+              f"    saved.append(1)\n"
+              f"    if len(saved) == 2:\n"
+              f"        os.kill(os.getpid(), signal.{signal_name})\n"
+              f"    return real_save(self, *args, **kwargs)\n"
+              f"Image.Image.save = save\n"
+              f"sys.exit(main(['--model', 'toy', '--samples', '2', '--steps', '2', '--size', '16', "
+              f"'--out', {str(tmp_path / 'out')!r}]))\n")
+    environment = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPOSITORY))
+    completed = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=environment, capture_output=True,
+                               text=True, timeout=120)
+    assert completed.returncode == 130, completed.stderr
+    assert "interrupted: nothing was written" in completed.stderr
+    assert list(tmp_path.iterdir()) == []

@@ -213,3 +213,14 @@ def test_edit_refuses_out_of_range_options_before_loading_the_model(photo, monke
 def test_edit_accepts_the_largest_seed_torch_takes(tiny, photo):
     results = quick(photo, box_mask(photo.size), tiny, seed=2**64 - 1)
     assert len(results) == 1
+
+
+@pytest.mark.parametrize("model", ["toy", "tiny"])
+@pytest.mark.parametrize("size", [(300, 1), (1, 300), (1, 1)])
+def test_edit_a_photograph_one_pixel_high_or_wide_returns_results_of_its_size(tiny, model, size):
+    # The working image is the photograph scaled to at least one size multiple per side, so any photograph of
+    # 1x1 pixel or more runs; its mask, read as (H, W), must stay 2-D (a 300x1 mask is (1, 300), not (300,)).
+    photo = Image.new("RGB", size, (200, 120, 40))
+    mask = np.ones(size[::-1], dtype=np.float32)
+    results = quick(photo, mask, tiny if model == "tiny" else "toy", steps=2, size=16 if model == "tiny" else None)
+    assert [result.size for result in results] == [size]

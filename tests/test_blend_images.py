@@ -290,3 +290,58 @@ def test_editor_and_package_still_export_the_readers_and_the_error():
     import blend.images
     assert blend.editor.read_image is blend.images.read_image and blend.editor.read_mask is blend.images.read_mask
     assert blend.EditInputError is blend.editor.EditInputError is EditInputError
+
+
+# ----------------------------------------------------------------------------- one-pixel sides, damaged files
+@pytest.mark.parametrize("shape, size", [((1, 300), (300, 1)), ((300, 1), (1, 300)), ((1, 1), (1, 1)),
+                                         ((1, 1, 1, 300), (300, 1)), ((1, 300, 1), (300, 1)),
+                                         ((1, 1, 300, 1), (1, 300))])
+def test_mask_one_pixel_high_or_wide_keeps_both_dimensions_as_array_tensor_and_image(shape, size):
+    # (1, 300, 1) and (1, 1, 300, 1) each have two readings; the image's size decides.
+    values = np.ones(shape, dtype=np.float32)
+    for mask in (values, torch.from_numpy(values)):
+        read = read_mask(mask, size)
+        assert read.shape == size[::-1] and read.all()
+        assert mask_to_image(read).size == size
+        if values.ndim == 2:
+            assert mask_to_image(mask).size == size
+
+
+def test_image_path_that_is_a_folder_or_under_a_file_is_refused_naming_the_part_at_fault(tmp_path):
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "photo.png").write_bytes(b"")
+    with pytest.raises(EditInputError, match=rf"the image file {tmp_path / 'photos'}: .*photos is a folder, not an "
+                                             r"image file; expected a PNG or JPEG file"):
+        read_image(tmp_path / "photos")
+    under = tmp_path / "photo.png" / "cat.png"
+    with pytest.raises(EditInputError, match=rf"{tmp_path / 'photo.png'} is a file, so {under} cannot be under it"):
+        read_mask(under, (W, H))
+
+
+@pytest.mark.parametrize("format", ["PNG", "JPEG"])
+@pytest.mark.parametrize("kept", [0, 0.5])
+def test_truncated_or_empty_png_and_jpeg_are_refused_as_cut_short_naming_the_file(tmp_path, format, kept):
+    whole = tmp_path / f"whole.{format.lower()}"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(whole, format)
+    data = whole.read_bytes()
+    cut = tmp_path / f"cut.{format.lower()}"
+    cut.write_bytes(data[:int(kept * len(data))])
+    with pytest.raises(EditInputError) as error:
+        read_image(cut)
+    assert str(error.value).startswith(f"cannot read the image file {cut} as an image: ")
+    if kept == 0:
+        assert "the file is empty (0 bytes). It was cut short" in str(error.value)
+    else:
+        assert "truncated" in str(error.value).lower() and "copy or export it again" in str(error.value)
+
+
+def test_unreadable_image_file_is_refused_as_a_permission_problem_not_a_format_one(tmp_path, monkeypatch):
+    # As root a mode-000 file is still readable, so the kernel's answer to everyone else is given by Image.open.
+    photo = tmp_path / "locked.png"
+    corner_photo((W, H)).save(photo)
+    def refuse(path, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(path))
+    monkeypatch.setattr(Image, "open", refuse)
+    with pytest.raises(EditInputError, match=rf"cannot read the image file {photo}: Permission denied; expected a "
+                                             r"readable image file\. Check its permissions\."):
+        read_image(photo)

@@ -228,6 +228,27 @@ def test_pickle_that_would_run_code_is_refused_even_with_allow_pickle(tmp_path):
     pickle.loads(pickle.dumps(0))                       # (pickle itself still works: nothing was patched)
 
 
+@pytest.mark.parametrize("kind", fakes.REFUSED_PICKLE_KINDS)
+def test_pickle_torch_load_refuses_is_named_with_what_it_met_and_none_of_torchs_advice_to_run_it(tmp_path, kind):
+    path = fakes.write_refused_pickle(tmp_path / "model.ckpt", kind)
+    with pytest.raises(weights.PickleRefusedError) as error:
+        weights.load(path, allow_pickle=True)
+    message = str(error.value)
+    found = {"class instance": "GLOBAL fakes.PickledObject", "__reduce__ call": "system",
+             "legacy non-zip": "GLOBAL fakes.PickledObject", "plain pickle.dump": "a plain pickle.dump file",
+             "bare tensor": "holds a single tensor of shape (3,), not a dict of named tensors"}[kind]
+    assert message.startswith(f"{path}: ") and found in message and "expected" in message
+    assert "\n" not in message and "\x1b" not in message and "`weights_only` set to `False`" not in message
+    assert not (tmp_path / "model.ckpt.ran").exists()
+
+
+def test_empty_ckpt_is_named_as_an_empty_file_not_an_index_error(tmp_path):
+    (tmp_path / "model.ckpt").write_bytes(b"")
+    with pytest.raises(weights.CorruptFileError, match=r"model.ckpt: the file is empty \(0 bytes\), not a "
+                                                        r"checkpoint; expected .* download or copy it again"):
+        weights.load(tmp_path / "model.ckpt", allow_pickle=True)
+
+
 # ----------------------------------------------------------------------------- diffusers folders
 @pytest.mark.parametrize("spec", [TINY, TINY_SD2], ids=["sd1", "sd2"])
 def test_diffusers_folder_loads_and_matches_the_modules_it_came_from(tmp_path, spec):
@@ -297,6 +318,21 @@ def test_damaged_config_json_fails_naming_it(tmp_path):
     folder = fakes.write_diffusers_folder(tmp_path / "model", TINY)
     (folder / "unet" / "config.json").write_text("{ not json")
     with pytest.raises(weights.CorruptFileError, match=r"unet/config.json: not valid JSON"):
+        weights.load(folder)
+
+
+@pytest.mark.parametrize("part", ["unet", "vae", "text_encoder"])
+@pytest.mark.parametrize("content, message", [
+    (b"", r"config.json: the file is empty \(0 bytes\); expected a JSON object \{\.\.\.\}\. Copy it again"),
+    (b" \n", r"config.json: the file is empty \(2 bytes of white space\)"),
+    (b"{ not json", r"config.json: not valid JSON \(.*\); expected a JSON object \{\.\.\.\}\. The file is damaged"),
+    (b"[1, 2]", r"config.json: JSON holding a list \('\[1, 2\]'\), not an object \{\.\.\.\}\. Copy it again"),
+    (b"{}", r"config.json: a {part} config without [a-z_]+.*; expected the config.json .* Copy it again"),
+], ids=["empty", "white space", "not JSON", "a list", "an empty object"])
+def test_folder_config_json_empty_damaged_or_not_an_object_is_named_with_what_to_do(tmp_path, part, content, message):
+    folder = fakes.write_diffusers_folder(tmp_path / "model", TINY)
+    (folder / part / "config.json").write_bytes(content)
+    with pytest.raises(weights.CorruptFileError, match=f"{part}/" + message.replace("{part}", part)):
         weights.load(folder)
 
 

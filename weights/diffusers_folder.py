@@ -39,12 +39,27 @@ def looks_like_folder(path: Path) -> bool:
 
 
 def read_json(path: Path) -> dict:
+    """The JSON object in `path`; a missing, empty or damaged file, or JSON that is not an object, is refused."""
     if not path.is_file():
         raise NotAModelError(f"{path} is missing: a diffusers model folder has it (see weights/LOADING.md)")
+    again = ("Copy it again from the model's repository (for the Hub cache: `hf download <repo> "
+             "--force-download`)")
+    text = path.read_bytes()
+    if not text.strip():
+        found = "0 bytes" if not text else f"{len(text)} bytes of white space"
+        raise CorruptFileError(f"{path}: the file is empty ({found}); expected a JSON object "
+                               f"{{...}}. {again}.")
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        value = json.loads(text.decode("utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise CorruptFileError(f"{path}: not valid JSON ({error}); the file is damaged") from None
+        raise CorruptFileError(f"{path}: not valid JSON ({error}); expected a JSON object {{...}}. The file is "
+                               f"damaged: {again[0].lower()}{again[1:]}.") from None
+    if not isinstance(value, dict):
+        shown = text.decode("utf-8").strip()
+        shown = shown if len(shown) <= 40 else shown[:40] + "…"
+        raise CorruptFileError(f"{path}: JSON holding a {type(value).__name__} ({shown!r}), "
+                               f"not an object {{...}}. {again}.")
+    return value
 
 
 def check_folder(folder: Path) -> None:

@@ -33,7 +33,7 @@ import torch
 from clip import TextConfig
 from ldm import AutoencoderConfig, UNetConfig
 
-from .errors import UnsupportedModelError
+from .errors import CorruptFileError, UnsupportedModelError
 
 UNET_RESNET = {"norm1": "in_layers.0", "conv1": "in_layers.2", "time_emb_proj": "emb_layers.1",
                "norm2": "out_layers.0", "conv2": "out_layers.3", "conv_shortcut": "skip_connection"}
@@ -294,6 +294,16 @@ def _check_fixed(config: dict, fixed: dict, file) -> None:
             f"{', '.join(f'{k}={fixed[k]!r}' for k in wrong)})")
 
 
+def _require(config: dict, names: tuple, part: str, file) -> None:
+    """Refuse a config without the settings that say the network's sizes (an emptied `{}`, another file)."""
+    missing = [name for name in names if name not in config]
+    if missing:
+        raise CorruptFileError(
+            f"{file}: a {part} config without {', '.join(missing)}; expected the config.json that diffusers or "
+            f"transformers writes for the {part}, which sets {', '.join(names)}. Copy it again from the model's "
+            f"repository (for the Hub cache: `hf download <repo> --force-download`).")
+
+
 def _check_class(config: dict, part: str, file) -> None:
     name = config.get("_class_name", CLASS_NAMES[part])
     if name != CLASS_NAMES[part]:
@@ -316,6 +326,7 @@ def _text_time_embedding(config: dict, file) -> tuple[dict, int | None]:
         return config, None
     if config.get("addition_time_embed_dim") != 256:
         _refuse(file, "addition_time_embed_dim", config.get("addition_time_embed_dim"), "256 (SDXL's time ids)")
+    _require(config, ("projection_class_embeddings_input_dim",), "unet", file)
     rest = {k: v for k, v in config.items() if k not in ("addition_embed_type", "addition_time_embed_dim",
                                                           "projection_class_embeddings_input_dim")}
     return rest, config["projection_class_embeddings_input_dim"]
@@ -339,6 +350,7 @@ def _depths(value, attention_levels: tuple, levels: int, file) -> tuple:
 
 def unet_config_from_diffusers(config: dict, file) -> UNetConfig:
     """diffusers' unet/config.json -> UNetConfig."""
+    _require(config, ("block_out_channels", "down_block_types", "up_block_types"), "unet", file)
     _check_class(config, "unet", file)
     config, adm_in_channels = _text_time_embedding(config, file)
     _check_fixed(config, _UNET_FIXED, file)
@@ -383,6 +395,7 @@ def unet_config_from_diffusers(config: dict, file) -> UNetConfig:
 
 def vae_config_from_diffusers(config: dict, file) -> AutoencoderConfig:
     """diffusers' vae/config.json -> AutoencoderConfig."""
+    _require(config, ("block_out_channels",), "vae", file)
     _check_class(config, "vae", file)
     _check_fixed(config, _VAE_FIXED, file)
     channels = list(config["block_out_channels"])
@@ -417,6 +430,7 @@ def text_config_from_transformers(config: dict, file) -> TextConfig:
     which tower, and so which of our two layouts, the folder holds. The MLP width is
     `intermediate_size` (4 x hidden_size in the published towers; None in TextConfig then).
     """
+    _require(config, ("hidden_size", "num_attention_heads", "num_hidden_layers"), "text_encoder", file)
     _check_fixed(config, _TEXT_FIXED, file)
     width, activation = config["hidden_size"], config.get("hidden_act", "quick_gelu")
     if activation not in ("quick_gelu", "gelu"):

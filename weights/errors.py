@@ -19,7 +19,7 @@ class NotAModelError(WeightsError, ValueError):
 
 
 class CorruptFileError(WeightsError, ValueError):
-    """A safetensors file is truncated or its header is not valid."""
+    """A checkpoint or config file is empty, truncated or damaged (a safetensors header, a config.json)."""
 
 
 class SourcesUnavailableError(WeightsError):

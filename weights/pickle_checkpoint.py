@@ -9,14 +9,17 @@ training objects (callbacks, optimizer state), which that unpickler rejects: use
 """
 import json
 import os
+import pickle
+import re
 import shlex
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 
 import torch
 
-from .errors import PickleRefusedError
+from .errors import CorruptFileError, PickleRefusedError
 
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 
@@ -47,23 +50,58 @@ def is_pickle_checkpoint(path: Path) -> bool:
 
 
 def read_pickle(path: Path) -> dict[str, torch.Tensor]:
-    """The tensors of a pickle checkpoint, unpickled with weights_only=True (memory-mapped when possible)."""
+    """The tensors of a pickle checkpoint, unpickled with weights_only=True (memory-mapped when possible).
+
+    A file that the safe unpickler refuses (a class instance, a `__reduce__` call, a plain `pickle.dump`
+    rather than `torch.save`), an empty file, or one that holds no dict of tensors raises PickleRefusedError
+    (CorruptFileError when empty), naming the file, what was found and what to do.
+    """
+    if path.stat().st_size == 0:
+        raise CorruptFileError(f"{path}: the file is empty (0 bytes), not a checkpoint; expected a torch.save'd "
+                               f"dict of tensors. It was probably cut short by an interrupted download or copy: "
+                               f"download or copy it again.")
     try:
-        try:
-            data = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError:                 # the legacy (non-zip) format cannot be memory-mapped
-            data = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about pickle protocols it then refuses anyway
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            try:
+                data = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            except RuntimeError:                 # the legacy (non-zip) format cannot be memory-mapped
+                data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # the safe unpickler raises UnpicklingError on any non-tensor object
         raise PickleRefusedError(
-            f"{path}: torch.load(weights_only=True) refused it: {str(error).splitlines()[0]}. It holds objects "
-            f"other than tensors (Lightning checkpoints store callbacks and optimizer state). Use the "
-            f".safetensors version of this checkpoint, or convert it in an environment where you trust the file.") \
-            from None
+            f"{path}: torch.load(weights_only=True) refused it ({unpickler_reason(error)}); expected a dict of "
+            f"tensors saved by torch.save, which is all that it rebuilds. The file holds something else (Lightning "
+            f"checkpoints store callbacks and optimizer state), or it is not a torch checkpoint. Use the "
+            f".safetensors version of this checkpoint, or convert it in an environment where you trust the "
+            f"file.") from None
     if isinstance(data, dict) and isinstance(data.get("state_dict"), dict):
         data = data["state_dict"]                      # Lightning: {"state_dict": ..., "global_step": ...}
     if not isinstance(data, dict):
-        raise PickleRefusedError(f"{path}: holds a {type(data).__name__}, not a dict of tensors")
+        found = (f"a single tensor of shape {tuple(data.shape)}" if isinstance(data, torch.Tensor)
+                 else f"a {type(data).__name__}")
+        raise PickleRefusedError(f"{path}: holds {found}, not a dict of named tensors; expected a checkpoint "
+                                 f"saved as torch.save(model.state_dict()) or a Lightning checkpoint with a "
+                                 f"'state_dict'. Pass the model's checkpoint file, not a single tensor's.")
     return {k: v for k, v in data.items() if isinstance(v, torch.Tensor)}
+
+
+TORCH_LOAD_ADVICE = ("Weights only load failed", "(1)", "(2)", "Check the documentation", "Please file an issue")
+
+
+def unpickler_reason(error: Exception) -> str:
+    """What torch.load's refusal met ("Unsupported global: GLOBAL x.Y …", "Trying to load unsupported GLOBAL
+    posix.system …"), without the advice around it (which suggests weights_only=False, i.e. running the file);
+    else the error's type and text."""
+    lines = [re.sub(r"\x1b\[[0-9;]*m", "", line).strip() for line in str(error).splitlines()]
+    lines = [line.split("WeightsUnpickler error:", 1)[-1].strip() for line in lines]
+    reasons = [line for line in lines if line and not line.startswith(TORCH_LOAD_ADVICE)]
+    if not reasons or not isinstance(error, pickle.UnpicklingError):  # not the safe unpickler's refusal
+        text = " ".join(line for line in lines if line)
+        return f"{type(error).__name__}: {text}" if text else type(error).__name__
+    reason = reasons[0].split(" Please use ")[0].rstrip(".")
+    if reason.startswith("Unsupported operand"):
+        reason += ": not the pickle protocol torch.save writes (a plain pickle.dump file?)"
+    return reason
 
 
 def convert_checkpoint(source: str | Path, target: str | Path | None = None) -> Path:
