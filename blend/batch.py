@@ -45,7 +45,6 @@ before any work; 130 interrupted (Ctrl-C, or SIGTERM from torchrun), with nothin
 import argparse
 import json
 import os
-import re
 import shutil
 import signal
 import sys
@@ -68,6 +67,7 @@ from .cli import (
     add_edit_options,
     cannot_load_message,
     pickle_refusal_message,
+    remove_stale_partials,
     unwritable_message,
     write_results,
 )
@@ -78,7 +78,6 @@ from .manifest import ManifestError, output_blocker, read_manifest
 from .options import option_problem, warn_if_large
 
 FAILURES = "failures.jsonl"
-PARTIAL = re.compile(r"\.(?P<id>.+)\.[0-9a-f]{8}\.partial")  # ResultFolder's hidden names
 # The final barrier waits for the slowest process; its share may take days, so wait that long.
 BARRIER_TIMEOUT = timedelta(days=7)
 REFUSAL_WAIT_S = 60
@@ -159,7 +158,7 @@ def run(args: argparse.Namespace, process: Process) -> int:
     if process.launched:
         torch.distributed.barrier()               # no process records a failure before that
     share = items[process.rank::process.world_size]
-    remove_partials(out, {item.id for item in share})
+    remove_stale_partials(out, {item.id for item in share})
     try:
         counts = Worker(args, process, device, out).do(share)
     except ModelUnavailable as error:
@@ -244,14 +243,6 @@ def choose_device(process: Process) -> tuple:
                       f"run on the CPU with CUDA_VISIBLE_DEVICES=")
     torch.cuda.set_device(process.local_rank)
     return torch.device("cuda", process.local_rank), None
-
-
-def remove_partials(out: Path, ids: set) -> None:
-    """Remove the hidden .partial folders that a killed run left for these items (no other process's)."""
-    for entry in os.scandir(out):
-        match = PARTIAL.fullmatch(entry.name)
-        if match and match["id"] in ids:
-            shutil.rmtree(entry.path, ignore_errors=True)
 
 
 class ModelUnavailable(RuntimeError):

@@ -350,7 +350,7 @@ class ResultFolder:
             self._make_parents(wanted.parent)
             self.temporary = self._make_hidden(wanted.parent)
             self._lock = lock_folder(self.temporary, wait=True)
-            remove_stale_partials(wanted.parent, wanted.name)
+            remove_stale_partials(wanted.parent, {wanted.name})
         except BaseException:
             self.discard()
             raise
@@ -420,14 +420,14 @@ def lock_folder(folder: Path, wait: bool) -> int | None:
     return descriptor
 
 
-def remove_stale_partials(parent: Path, name: str) -> None:
-    """Remove the hidden folders `.<name>.<8 hex digits>.partial` in `parent` that no live run holds locked:
-    what a run killed before it could clean up (SIGKILL) left behind."""
+def remove_stale_partials(parent: Path, names: set[str]) -> None:
+    """Remove the hidden folders `.<name>.<8 hex digits>.partial` in `parent`, for each name in `names`, that no
+    live run holds locked: what a run killed before it could clean up (SIGKILL) left behind."""
     if fcntl is None:
         return
     for entry in os.scandir(parent):
         match = PARTIAL.fullmatch(entry.name)
-        if not (match and match["name"] == name and entry.is_dir(follow_symlinks=False)):
+        if not (match and match["name"] in names and entry.is_dir(follow_symlinks=False)):
             continue
         try:
             descriptor = lock_folder(Path(entry.path), wait=False)
