@@ -16,10 +16,18 @@ noise, one (1, C, h, w) shared by the batch, and the DDIM noise (B, C, h, w), dr
 where σ = 0 multiplies it away. With the sampler built as the official script builds it
 (`DDIMSampler(NoiseSchedule.compvis_linear(), 50, spacing="uniform")`: timesteps 981, 961, …, 1)
 the result equals a seeded run of the official code bit for bit.
+
+That holds on every CPU because each coefficient is computed where the official code computes it: σ
+and √(1 − ᾱ_t) in numpy (`make_ddim_sampling_parameters`, `make_schedule`), √ᾱ_t, √ᾱ_prev and
+√(1 − ᾱ_prev − σ²) with torch's `sqrt` on (B, 1, 1, 1) tensors (`p_sample_ddim`). numpy's square root
+is correctly rounded; torch's CPU one is not on every machine (one ulp off for about a fifth of float32
+inputs on an AMD EPYC with torch 2.13), so computing a numpy root with torch, or the reverse, would
+agree with the official code on one CPU and not on another.
 """
+import numpy as np
 import torch
 
-from samplers import DDIMSampler, as_conditioning, ddim_update, guided_model_output, predict_x0_from_eps
+from samplers import DDIMSampler, as_conditioning, guided_model_output
 
 from .interfaces import Denoiser, StepCallback, StepRecord
 from .masks import SHRINK_KERNEL_SIZES, masks_for_steps, step_kernel_sizes
@@ -37,10 +45,32 @@ def official_shrink_kernels(num_steps: int, kernel_sizes=SHRINK_KERNEL_SIZES) ->
 def compvis_sigma(alpha_bar: torch.Tensor, alpha_bar_prev: torch.Tensor, eta: float) -> torch.Tensor:
     """σ = η·√((1−ᾱ_prev)/(1−ᾱ_t)·(1 − ᾱ_t/ᾱ_prev)) (DDIM eq. 16) as CompVis's `make_ddim_sampling_parameters`
     computes it, a numpy float64 array meeting torch float32 tensors: float64 from the float32 ᾱ, except
-    that 1/(1 − ᾱ_t) is taken in float32 (torch's `__rtruediv__` is `reciprocal() * other`)."""
+    that 1/(1 − ᾱ_t) is taken in float32 (torch's `__rtruediv__` is `reciprocal() * other`), and the root
+    in numpy (`np.sqrt`)."""
     a, a_prev = alpha_bar.double(), alpha_bar_prev.double()
     reciprocal = (1 - alpha_bar.float()).reciprocal().double()
-    return eta * (reciprocal * (1 - a_prev) * (1 - a / a_prev)).sqrt()
+    return eta * torch.as_tensor(np.sqrt((reciprocal * (1 - a_prev) * (1 - a / a_prev)).numpy()))
+
+
+def compvis_sqrt_one_minus_alpha_bar(alpha_bar: torch.Tensor) -> torch.Tensor:
+    """√(1 − ᾱ_t) as CompVis's `make_schedule` tabulates it: `np.sqrt(1. - ddim_alphas)`, the difference
+    taken by torch in float32, the root by numpy in float32."""
+    return torch.as_tensor(np.sqrt((1.0 - alpha_bar.float()).numpy()))
+
+
+def compvis_ddim_step(z: torch.Tensor, eps: torch.Tensor, alpha_bar: torch.Tensor, alpha_bar_prev: torch.Tensor,
+                      sigma: torch.Tensor, sqrt_one_minus_alpha_bar: torch.Tensor, noise: torch.Tensor):
+    """One DDIM step in the operations of CompVis's `p_sample_ddim`; returns (z_prev, ẑ_0).
+
+        ẑ_0    = (z_t − √(1−ᾱ_t)·ε̂) / √ᾱ_t                          (DDIM eq. 9)
+        z_prev = √ᾱ_prev·ẑ_0 + √(1 − ᾱ_prev − σ²)·ε̂ + σ·noise        (DDIM eq. 12)
+
+    Every coefficient is a (B, 1, 1, 1) tensor, as `torch.full` makes them there; √(1−ᾱ_t) comes in
+    already taken (`compvis_sqrt_one_minus_alpha_bar`), the other roots are torch's `sqrt`, as there.
+    """
+    x0_pred = (z - sqrt_one_minus_alpha_bar * eps) / alpha_bar.sqrt()
+    direction = (1.0 - alpha_bar_prev - sigma**2).sqrt() * eps
+    return alpha_bar_prev.sqrt() * x0_pred + direction + sigma * noise, x0_pred
 
 
 def guided_eps(unet: Denoiser, z: torch.Tensor, t: int, cond, uncond, guidance_scale: float) -> torch.Tensor:
@@ -86,10 +116,10 @@ def official_ldm_loop(unet: Denoiser, sampler: DDIMSampler, z_init: torch.Tensor
         z_bg = schedule.q_sample(z_init, t, draw_noise(1))               # line 6 at the current t, one shared draw
         z = z_bg * (1 - m) + m * z                                       # line 7, before the step
         eps = guided_eps(unet, z, t, cond, uncond, guidance_scale)
-        alpha_bar, alpha_bar_prev = per_sample(schedule.alphas_cumprod[t]), per_sample(sampler.alpha_bar_prev(t))
-        sigma = per_sample(compvis_sigma(schedule.alphas_cumprod[t], sampler.alpha_bar_prev(t), sampler.eta))
-        x0_fg = predict_x0_from_eps(z, eps, alpha_bar)                   # DDIM eq. 9
-        z_fg = ddim_update(x0_fg, eps, alpha_bar_prev, sigma, draw_noise(batch))  # line 5: eq. 12; drawn at η = 0 too
+        alpha_bar, alpha_bar_prev = schedule.alphas_cumprod[t], sampler.alpha_bar_prev(t)
+        coefficients = (alpha_bar, alpha_bar_prev, compvis_sigma(alpha_bar, alpha_bar_prev, sampler.eta),
+                        compvis_sqrt_one_minus_alpha_bar(alpha_bar))
+        z_fg, x0_fg = compvis_ddim_step(z, eps, *map(per_sample, coefficients), draw_noise(batch))  # line 5
         if callback is not None:
             callback(StepRecord(i, len(timesteps), t, sampler.previous_timestep(t), z_t, z_fg, x0_fg, z_bg, m, z_fg))
         z = z_fg

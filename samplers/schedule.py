@@ -1,4 +1,5 @@
 """The forward process of DDPM (Ho et al. 2020) under Stable Diffusion's noise schedule."""
+import numpy as np
 import torch
 
 
@@ -34,16 +35,18 @@ class NoiseSchedule:
         """CompVis's "linear" schedule (`ldm.modules.diffusionmodules.util.make_beta_schedule`,
         `ddpm.register_schedule`).
 
-        The same β = linspace(√β_start, √β_end, T)² as `scaled_linear`, but β, ᾱ = cumprod(1 − β) and
-        q_sample's √ᾱ and √(1 − ᾱ) are computed in float64 and stored as float32, so they differ from
-        SD's float32 table in the last bits. DDIM reads the float32 ᾱ.
+        The same β = linspace(√β_start, √β_end, T)² as `scaled_linear`, but in float64, and computed where
+        CompVis computes it: β in torch, then ᾱ = cumprod(1 − β) and q_sample's √ᾱ and √(1 − ᾱ) in numpy,
+        each stored as float32. They differ from SD's float32 table in the last bits, and numpy's square root
+        is correctly rounded on every CPU, where torch's need not be. DDIM reads the float32 ᾱ.
         """
         betas = torch.linspace(beta_start**0.5, beta_end**0.5, num_train_timesteps, dtype=torch.float64) ** 2
-        alphas_cumprod = torch.cumprod(1.0 - betas, dim=0)      # float64
+        alphas_cumprod = np.cumprod(1.0 - betas.numpy())         # float64, numpy
         schedule = cls(betas)
         schedule.betas, schedule.alphas = betas.float(), (1.0 - betas).float()
-        schedule.alphas_cumprod = alphas_cumprod.float()
-        schedule.q_sample_roots = (alphas_cumprod.sqrt().float(), (1.0 - alphas_cumprod).sqrt().float())
+        schedule.alphas_cumprod = torch.from_numpy(alphas_cumprod).float()
+        schedule.q_sample_roots = (torch.from_numpy(np.sqrt(alphas_cumprod)).float(),
+                                   torch.from_numpy(np.sqrt(1.0 - alphas_cumprod)).float())
         return schedule
 
     @property
@@ -65,9 +68,12 @@ class NoiseSchedule:
         """q(z_t | z_0) (DDPM eq. 4), sampled by reparameterisation:
 
             z_t = √ᾱ_t · z_0 + √(1 − ᾱ_t) · ε,   ε ~ N(0, I)
+
+        The roots are tabulated (CompVis's schedule) or taken with torch's `** 0.5` from ᾱ_t, the
+        operations of diffusers' `add_noise`, so the two agree bit for bit whatever torch's root rounds to.
         """
         if self.q_sample_roots is not None:
             root, root_of_rest = (_gather(table, t, z0).to(z0.dtype) for table in self.q_sample_roots)
             return root * z0 + root_of_rest * noise
         alpha_bar = _gather(self.alphas_cumprod, t, z0).to(z0.dtype)
-        return alpha_bar.sqrt() * z0 + (1.0 - alpha_bar).sqrt() * noise
+        return alpha_bar**0.5 * z0 + (1 - alpha_bar) ** 0.5 * noise

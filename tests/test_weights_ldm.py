@@ -103,9 +103,12 @@ def test_ldm_preset_has_the_official_scripts_defaults_and_the_txt2img_1p4b_archi
     assert [s.repo for s in spec.sources] == [MIRROR, PORT] and spec.single_file == "model.ckpt"
 
 
+@pytest.mark.precision
 def test_ldm_schedule_is_compvis_float64_linear_stored_as_float32():
+    """Bit for bit, by construction: the same operations in the same libraries as CompVis's make_beta_schedule
+    (torch.linspace in float64, squared by torch) and register_schedule (numpy's cumprod and sqrt)."""
     schedule = presets.get(NAME).build_schedule()
-    betas = (np.linspace(0.00085**0.5, 0.012**0.5, 1000, dtype=np.float64)) ** 2
+    betas = (torch.linspace(0.00085**0.5, 0.012**0.5, 1000, dtype=torch.float64) ** 2).numpy()
     alphas_cumprod = np.cumprod(1.0 - betas)
     assert schedule.alphas_cumprod.dtype == torch.float32
     assert np.array_equal(schedule.alphas_cumprod.numpy(), alphas_cumprod.astype(np.float32))
