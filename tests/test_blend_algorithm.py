@@ -37,6 +37,7 @@ def inputs(mask_value: float | None = None) -> dict:
     return values
 
 
+@pytest.mark.precision
 @pytest.mark.parametrize("variant, offset", [("official", 0), ("paper", 1)])
 def test_blend_variant_matches_golden_diffusers_loop(unet, variant, offset):
     """The stored loop ran on another machine, whose float32 kernels round differently, and 38 guided steps
@@ -52,11 +53,13 @@ def test_blend_variant_matches_golden_diffusers_loop(unet, variant, offset):
     assert_matches_golden(golden, "output", run(unet, golden, variant, offset), ours64)
 
 
+@pytest.mark.precision
 @pytest.mark.reference
 @pytest.mark.parametrize("variant, offset", [("official", 0), ("paper", 1)])
 def test_blend_variant_reproduces_diffusers_loop_bit_for_bit(unet, variant, offset):
-    # The fixture's loop (diffusers' DDIMScheduler doing every schedule step) run here, in this process:
-    # the same network outputs, so the loops must agree to the bit.
+    """The fixture's loop (diffusers' DDIMScheduler doing every schedule step, add_noise the noising) run here, in
+    this process, on the same network. Bit for bit by construction: DDIMSampler.step and q_sample are the same
+    torch operations as DDIMScheduler.step and add_noise (test_samplers_ddim, test_samplers_schedule)."""
     pytest.importorskip("diffusers")
     from golden import fixtures_blend
     loop = fixtures_blend.official_loop if variant == "official" else fixtures_blend.paper_loop
@@ -65,11 +68,13 @@ def test_blend_variant_reproduces_diffusers_loop_bit_for_bit(unet, variant, offs
     assert torch.equal(run(unet, reference, variant, offset), reference["output"])
 
 
+@pytest.mark.precision
 def test_blend_empty_mask_returns_source_latent(unet):
     values = inputs(mask_value=0.0)
     assert torch.equal(run(unet, values, "paper", offset=1, steps=10), values["z_init"])
 
 
+@pytest.mark.precision
 def test_blend_full_mask_equals_guided_ddim_from_noised_source(unet):
     values = inputs(mask_value=1.0)
     sampler = DDIMSampler(NoiseSchedule.scaled_linear(), 10, offset=1)

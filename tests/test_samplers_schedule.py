@@ -36,18 +36,23 @@ def test_alphas_cumprod_is_product_of_one_minus_betas(schedule):
     assert 0.998 < schedule.alphas_cumprod[0] < 1 and schedule.alphas_cumprod[-1] < 0.005
 
 
+@pytest.mark.precision
 def test_alphas_cumprod_matches_stored_diffusers_schedule_within_float32_rounding(schedule):
     """Both float32 products lie within cumprod_rounding_bound of the exact one, so within twice it of each other."""
     stored = load_golden("samplers_ddim")["alphas_cumprod"]
     assert ((schedule.alphas_cumprod.double() - stored.double()).abs() <= 2 * cumprod_rounding_bound(schedule)).all()
 
 
+@pytest.mark.precision
 @pytest.mark.reference
 def test_alphas_cumprod_equals_installed_diffusers_bit_for_bit(schedule):
+    """Bit for bit by construction: both square a float32 torch.linspace of the roots and take torch's cumprod of
+    1 − β, the same torch operations in the same order."""
     from golden.fixtures_samplers import _scheduler
     assert torch.equal(schedule.alphas_cumprod, _scheduler("epsilon", 1).alphas_cumprod)
 
 
+@pytest.mark.precision
 def test_q_sample_matches_diffusers_add_noise(schedule):
     """z_t = √ᾱ·z_0 + √(1−ᾱ)·ε takes six float32 operations (two roots, 1 − ᾱ, two products, a sum), each
     within 2u relative (u = 2^-24, 1-ulp powers allowed), so each implementation is within
@@ -60,8 +65,11 @@ def test_q_sample_matches_diffusers_add_noise(schedule):
     assert ((z_t.double() - golden["z_t"].double()).abs() <= 2 * bound).all()
 
 
+@pytest.mark.precision
 @pytest.mark.reference
 def test_q_sample_equals_installed_diffusers_add_noise_bit_for_bit(schedule):
+    """Bit for bit by construction: q_sample takes √ᾱ and √(1 − ᾱ) with torch's `** 0.5` from the same float32 ᾱ,
+    as add_noise does, so the two agree whatever torch's root rounds to on this CPU."""
     from golden.fixtures_samplers import _scheduler
     golden = load_golden("samplers_add_noise")
     expected = _scheduler("epsilon", 1).add_noise(golden["z0"], golden["noise"], golden["t"])
