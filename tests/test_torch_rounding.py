@@ -32,6 +32,13 @@ def test_one_ulp_off_moves_every_spelling_of_a_function_alike_and_leaves_exact_a
     assert not torch.equal(roots, values.sqrt())
 
 
+def test_one_ulp_off_passes_infinities_and_nan_through():
+    values = torch.tensor([0.0, -1.0, float("inf"), float("nan"), 2.0])
+    with OneUlpOff():
+        logs = values.log()
+    assert logs[0] == float("-inf") and logs[1].isnan() and logs[2] == float("inf") and logs[3].isnan()
+
+
 def test_one_ulp_off_keeps_gradients_flowing():
     values = torch.rand(8, generator=torch.Generator().manual_seed(2), requires_grad=True)
     with OneUlpOff():

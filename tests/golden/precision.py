@@ -146,5 +146,6 @@ def _moving(function, in_place: bool):
         if in_place:
             with torch.no_grad():
                 return result.copy_(_moved_one_ulp(result))
-        return result + (_moved_one_ulp(result) - result.detach())      # exact: the difference is one ulp
+        step = torch.where(result.isfinite(), _moved_one_ulp(result) - result.detach(), 0.0)
+        return result + step                # exact: the step is one ulp or 0; ±∞ and NaN pass through as they are
     return moved
