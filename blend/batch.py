@@ -5,8 +5,8 @@
 
 The manifest has one JSON object per line, {"id", "image", "mask", "prompt"} with an optional "seed"
 and per-item options (blend/manifest.py has the rules). The command line takes the edit options of
-`python -m blend` (--model --steps --guidance --start --samples --variant --shrink --reconstruction
---rank --dtype --size --allow-pickle); a line's options override them for that item.
+`python -m blend` (--model --steps --guidance --start --samples --variant --sampler --shrink
+--reconstruction --rank --dtype --size --allow-pickle); a line's options override them for that item.
 
 Processes. Alone, one process does every item. Under torchrun (RANK, WORLD_SIZE, LOCAL_RANK set),
 process `rank` of `world_size` takes the items i (in manifest order, from 0) with
@@ -181,7 +181,7 @@ def run(args: argparse.Namespace, process: Process) -> int:
 def checked(args: argparse.Namespace, process: Process) -> tuple:
     """(items, device, problems): the options, the manifest, the device, then the output folder (created)."""
     options = {"steps": args.steps, "guidance_scale": args.guidance, "start": args.start,
-               "num_samples": args.samples, "variant": args.variant, "shrink": args.shrink,
+               "num_samples": args.samples, "variant": args.variant, "sampler": args.sampler, "shrink": args.shrink,
                "reconstruction": args.reconstruction, "size": args.size}
     items, device, problems = [], None, refusals(args, options)
     if not problems:

@@ -44,7 +44,7 @@ from weights.pickle_checkpoint import conversion_command, is_pickle_checkpoint
 from .algorithm import VARIANTS
 from .editor import EditInputError, edit, load_model
 from .images import mask_to_image, read_image, read_mask
-from .options import LARGE_SIZE, option_problem
+from .options import LARGE_SIZE, SAMPLERS, default_sampler, option_problem
 from .reconstruction import MODES
 
 ASSETS = Path(__file__).resolve().parent / "assets"
@@ -85,8 +85,8 @@ def add_edit_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--allow-pickle", action="store_true",
                         help="read a .ckpt/.pt/.bin --model with torch.load(weights_only=True) instead of refusing it")
     parser.add_argument("--steps", type=int, default=50,
-                        help="DDIM steps S: 1 to 999 (1 to 1000 with --variant official, whose timestep offset is 0; "
-                             "1 to 500 for the LDM's uniform timesteps); default 50")
+                        help="the sampler's steps S: 1 to 999 (1 to 1000 with --variant official, whose timestep "
+                             "offset is 0; 1 to 500 for the LDM's uniform timesteps); default 50")
     parser.add_argument("--guidance", type=float, default=None,
                         help="classifier-free guidance scale, any finite number (default: the model's, 7.5 for SD, "
                              "5 for SDXL and the LDM, 1.0 for the toy)")
@@ -98,6 +98,11 @@ def add_edit_options(parser: argparse.ArgumentParser) -> None:
                         help="Algorithm 1 as the paper intends it (paper), or an official script's loop "
                              "(README: variants); official-sdxl is the SDXL script's (Euler steps; --model "
                              "sdxl-base-1.0), official-ldm the paper's LDM script's (--model ldm-txt2img-f8-large)")
+    parser.add_argument("--sampler", choices=tuple(SAMPLERS), default=None,
+                        help="line 5's solver: ddim (DDIM, η = 0), euler (Karras' Euler, the SDXL script's) or dpm++2m "
+                             "(DPM-Solver++(2M), second order: fewer steps for the same error); default: the "
+                             "variant's own, ddim, or euler for official-sdxl. --variant paper takes all three, "
+                             "each official variant only its script's")
     parser.add_argument("--shrink", action="store_true", help="progressive mask shrinking (paper §4.3)")
     parser.add_argument("--reconstruction", choices=MODES, default="none", help="background reconstruction (§4.2)")
     parser.add_argument("--rank", nargs="?", const="ViT-B/16", default=None, metavar="CLIP",
@@ -175,7 +180,7 @@ def option_refusal(args: argparse.Namespace) -> str | None:
     problem = option_problem(steps=args.steps, start=args.start, guidance_scale=args.guidance,
                              num_samples=args.samples, seed=args.seed, size=args.size, device=args.device,
                              variant=args.variant, reconstruction=args.reconstruction, model=args.model,
-                             rank=args.rank, cli=True, vae=args.vae)
+                             rank=args.rank, cli=True, vae=args.vae, sampler=args.sampler)
     if problem is None and not args.allow_pickle and is_pickle_checkpoint(Path(args.model).expanduser()):
         problem = pickle_refusal_message(args.model, Path(args.model).expanduser())
     return problem
@@ -215,11 +220,12 @@ def edit_and_write(args: argparse.Namespace, image: Image.Image, mask, output: "
             return 1
 
     started = time.perf_counter()
+    label = f"{args.model} {args.variant} {args.sampler or default_sampler(args.variant)}"
     try:
         results = edit(image, mask, args.prompt, model=model, steps=args.steps, guidance_scale=args.guidance,
                        start=args.start, num_samples=args.samples, seed=args.seed, variant=args.variant,
                        shrink=args.shrink, reconstruction=args.reconstruction, device=device, size=args.size,
-                       callback=ProgressLine(f"{args.model} {args.variant}"), ranker=ranker, vae=vae)
+                       callback=ProgressLine(label), ranker=ranker, vae=vae, sampler=args.sampler)
     except EditInputError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -32,7 +32,7 @@ from PIL import Image
 
 import weights
 from clip import CLIPModel
-from samplers import DDIMSampler, EulerSampler
+from samplers import EulerSampler
 from weights.load import Components, load_vae
 
 from .algorithm import blended_latent_diffusion
@@ -40,7 +40,7 @@ from .errors import EditInputError
 from .images import image_to_tensor, read_image, read_mask, tensor_to_image
 from .interfaces import StepCallback
 from .masks import resize_mask, threshold_mask
-from .options import option_problem, size_multiple_of, warn_if_large
+from .options import SAMPLERS, default_sampler, option_problem, size_multiple_of, warn_if_large
 from .rank import rank as rank_by_clip
 from .reconstruction import decoder_parameters, finetune_decoder, optimise_latent, paste_background
 
@@ -81,13 +81,16 @@ def edit(image: ImageInput, mask: MaskInput, prompt: str, *, model: str | Path |
          seed: int = 42, variant: str = "paper", shrink: bool = False, reconstruction: str = "none",
          dtype: torch.dtype | None = None, device: str | None = None, size: int | None = None,
          callback: StepCallback | None = None, rank: str | Path | None = None, ranker: CLIPModel | None = None,
-         vae: str | Path | torch.nn.Module | None = None) -> list[Image.Image]:
+         vae: str | Path | torch.nn.Module | None = None, sampler: str | None = None) -> list[Image.Image]:
     """Edit `image` inside `mask` (white = edit) towards `prompt`; returns `num_samples` PIL images.
 
     model: "toy" (offline, exact; weights/toy.py), "tiny" (random weights: noise by design), a
     preset ("sd-2.1-base", the official script's; "sd-1.5"; "sd-2.1"), a checkpoint file or folder
     (see weights.load), or already loaded components. guidance_scale: default 7.5 (official), the
     toy's own default (1.0) for the toy. variant, shrink, start: see blended_latent_diffusion.
+    sampler: line 5's solver, "ddim" (DDIM, η = 0), "euler" (Karras' Euler, the SDXL script's) or "dpm++2m"
+    (DPM-Solver++(2M), second order); None: the variant's own, DDIM, or Euler for "official-sdxl". The
+    official variants run only their script's (blend.options.samplers_of).
     reconstruction: one of "none" (the official SD2 script's), "pixel", "latent", "decoder" (§4.2).
     rank: a CLIP model name ("ViT-B/16", the official code's; "ViT-L/14"; "tiny") or file, or
     `ranker`, a built clip.CLIPModel: the results come back best first (§4.4, blend.rank), each
@@ -100,7 +103,7 @@ def edit(image: ImageInput, mask: MaskInput, prompt: str, *, model: str | Path |
     """
     problem = option_problem(steps=steps, start=start, guidance_scale=guidance_scale, num_samples=num_samples,
                              seed=seed, size=size, device=device, variant=variant, reconstruction=reconstruction,
-                             model=model, rank=rank, vae=vae)
+                             model=model, rank=rank, vae=vae, sampler=sampler)
     if problem:  # before any model is loaded (blend/options.py has the ranges)
         raise EditInputError(problem)
     warn_if_large(size)
@@ -138,13 +141,8 @@ def edit(image: ImageInput, mask: MaskInput, prompt: str, *, model: str | Path |
         cond, uncond = weights.prompt_conditioning(components, prompt, (size_wh[1], size_wh[0]), device)
     except ValueError as error:  # a tokenizer that refuses the prompt (the toy's: it names none of its classes)
         raise EditInputError(str(error)) from None
-    offset = 0 if variant == "official" else spec.steps_offset  # the official script's scheduler: offset 0
-    sampler = DDIMSampler(spec.build_schedule(), steps, prediction_type=spec.prediction_type, offset=offset,
-                          spacing=spec.timestep_spacing)  # the LDM's: CompVis's uniform
-    if variant == "official-sdxl":                               # the SDXL script's EulerDiscreteScheduler
-        sampler = EulerSampler(spec.build_schedule(), steps, offset=spec.steps_offset,
-                               prediction_type=spec.prediction_type)
-    z = blended_latent_diffusion(components.unet, sampler, z_init.expand(num_samples, -1, -1, -1), m_latent,
+    solver = build_sampler(sampler or default_sampler(variant), spec, steps, variant)
+    z = blended_latent_diffusion(components.unet, solver, z_init.expand(num_samples, -1, -1, -1), m_latent,
                                  cond, uncond, guidance_scale=guidance_scale, start=start, generator=generator,
                                  variant=variant, shrink=shrink, callback=callback)      # lines 3–8
     z = z / spec.scale_factor
@@ -167,6 +165,18 @@ def edit(image: ImageInput, mask: MaskInput, prompt: str, *, model: str | Path |
         for result, sample, score in zip(results, order, scores, strict=True):
             result.info.update(sample=sample, clip_distance=score)
     return results
+
+
+def build_sampler(name: str, spec, steps: int, variant: str = "paper"):
+    """Line 5's solver for a model's spec: "ddim", "euler" or "dpm++2m" (blend.options.SAMPLERS), on the spec's
+    schedule, prediction type, timestep offset and spacing; "official" runs the SD 2 script's offset 0."""
+    schedule = spec.build_schedule()
+    if name == "euler":                                          # the SDXL script's EulerDiscreteScheduler
+        return EulerSampler(schedule, steps, offset=spec.steps_offset, prediction_type=spec.prediction_type)
+    kind = SAMPLERS[name]                                        # DDIMSampler or DPMSolverSampler
+    offset = 0 if variant == "official" else spec.steps_offset  # the official script's scheduler: offset 0
+    return kind(schedule, steps, prediction_type=spec.prediction_type, offset=offset,
+                spacing=spec.timestep_spacing)                   # the LDM's: CompVis's uniform
 
 
 def source_latent(components, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:

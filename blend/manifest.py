@@ -5,8 +5,9 @@ A manifest is a JSON Lines file: each non-blank line is one JSON object
     {"id": "cat-01", "image": "images/01.jpg", "mask": "masks/01.png", "prompt": "a cat"}
 
 with an optional "seed" (0 … 2**64 − 1) and optional per-item options that override the command
-line's, under the flags' names: "steps", "guidance", "start", "samples", "variant", "shrink",
-"reconstruction", "size". Relative image and mask paths are taken from the manifest's folder.
+line's, under the flags' names: "steps", "guidance", "start", "samples", "variant", "sampler", "shrink",
+"reconstruction", "size". Relative image and mask paths are taken from the manifest's folder. A "sampler"
+that the line's (or the command line's) "variant" cannot run is refused like any option out of range.
 
   id      the item's folder name under --out: letters, digits and . _ - + = @ , (not first a dot),
           at most 200 characters, unique (also ignoring case, for case-insensitive file systems)
@@ -31,7 +32,8 @@ from .options import option_problem
 
 REQUIRED = ("id", "image", "mask", "prompt")
 OVERRIDES = {"steps": "steps", "guidance": "guidance_scale", "start": "start", "samples": "num_samples",
-             "variant": "variant", "shrink": "shrink", "reconstruction": "reconstruction", "size": "size"}
+             "variant": "variant", "sampler": "sampler", "shrink": "shrink", "reconstruction": "reconstruction",
+             "size": "size"}
 ID_PATTERN = re.compile(r"[A-Za-z0-9_+=@,-][A-Za-z0-9._+=@,-]{0,199}")
 RESERVED_IDS = ("failures.jsonl",)
 

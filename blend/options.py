@@ -24,6 +24,9 @@ and exits with status 2. The ranges:
                      looked for on the Hub: only preset names are; "" is refused, not read as ".")
     rank             a CLIP name (ViT-B/16, ViT-L/14, tiny) or a readable, non-empty .safetensors file
     vae              "fp16-fix" or a folder holding config.json and diffusion_pytorch_model.safetensors
+    sampler          line 5's solver: "ddim", "euler" or "dpm++2m" (SAMPLERS), or None for the variant's own
+                     (ddim; euler for official-sdxl). The paper's variant takes all three; each official
+                     variant only its script's (VARIANT_SAMPLERS in blend.algorithm)
     A path is refused by the part at fault: a folder given for a file or a file for a folder, a path
     under a file (naming that file), a missing, unreadable or empty file (path_problem).
 
@@ -40,12 +43,12 @@ from pathlib import Path
 import torch
 
 from clip import CLIP_NAMES
-from samplers import ddim_timesteps
+from samplers import DDIMSampler, DPMSolverSampler, EulerSampler, ddim_timesteps
 from weights import MODEL_NAMES, spec_of
 from weights.load import VAE_FILES
 from weights.pickle_checkpoint import PICKLE_SUFFIXES
 
-from .algorithm import VARIANTS
+from .algorithm import VARIANT_SAMPLERS, VARIANTS
 from .reconstruction import MODES
 
 NUM_TRAIN_TIMESTEPS = 1000      # every model here: SD 1.x/2.x, tiny and the toy
@@ -55,11 +58,26 @@ LARGE_SIZE = 2048
 DEVICE_TYPES = ("cpu", "cuda", "mps", "xpu")
 CLI_FLAGS = {"num_samples": "--samples", "guidance_scale": "--guidance"}
 MODEL_FILE_SUFFIXES = (".safetensors", *PICKLE_SUFFIXES)
+# --sampler's names: line 5 of Algorithm 1 as DDIM (η = 0), Karras' Euler, or DPM-Solver++(2M)
+SAMPLERS = {"ddim": DDIMSampler, "euler": EulerSampler, "dpm++2m": DPMSolverSampler}
+OFFICIAL_LOOPS = {"official": "the official SD 2 script's loop with its DDIM scheduler",
+                  "official-ldm": "the official LDM script's loop with CompVis's DDIM",
+                  "official-sdxl": "the official SDXL script's loop with its Euler scheduler"}
+
+
+def samplers_of(variant: str) -> tuple:
+    """The --sampler names that `variant` runs, its own (the default) first."""
+    return tuple(name for name, kind in SAMPLERS.items() if kind in VARIANT_SAMPLERS.get(variant, ()))
+
+
+def default_sampler(variant: str) -> str:
+    """The sampler a variant runs when none is named: DDIM, or Euler for the official SDXL loop."""
+    return samplers_of(variant)[0]
 
 
 def option_problem(*, steps=50, start=0.25, guidance_scale=None, num_samples=1, seed=42, size=None, device=None,
                    variant="paper", reconstruction="none", model="toy", rank=None, cli=False,
-                   manifest=False, vae=None) -> str | None:
+                   manifest=False, vae=None, sampler=None) -> str | None:
     """The first option out of its range, as one sentence naming the option as the caller spelled it."""
     def named(option: str, value) -> str:  # "--steps 1001" for the CLI, "steps=1001" for Python
         flag = CLI_FLAGS.get(option, '--' + option.replace('_', '-'))
@@ -73,6 +91,13 @@ def option_problem(*, steps=50, start=0.25, guidance_scale=None, num_samples=1, 
         return f"{named('variant', variant)}: expected one of {', '.join(VARIANTS)}"
     if reconstruction not in MODES:
         return f"{named('reconstruction', reconstruction)}: reconstruction must be one of {MODES}"
+    if sampler is not None and (not isinstance(sampler, str) or sampler not in SAMPLERS):
+        return f"{named('sampler', sampler)}: expected one of {', '.join(SAMPLERS)}"
+    if sampler is not None and sampler not in samplers_of(variant):
+        own = samplers_of(variant)[0]
+        return (f"{named('sampler', sampler)}: {named('variant', variant)} reproduces {OFFICIAL_LOOPS[variant]} and "
+                f"runs only {named('sampler', own)}; choose {named('sampler', own)}, or "
+                f"{named('variant', 'paper')} (Algorithm 1 as the paper intends it) for {sampler}")
     if variant == "official-sdxl" and isinstance(model, str) and model in MODEL_NAMES \
             and getattr(spec_of(model), "text_2", None) is None:
         return (f"{named('variant', variant)}: the official SDXL script's loop needs an SDXL model "

@@ -7,6 +7,7 @@ Fields (the option fields are named as `python -m blend`'s long options and take
     prompt                                  text; required
     steps samples guidance start seed size  numbers; empty or absent: the CLI's default
     variant reconstruction                  one of the CLI's choices
+    sampler                                 ddim, euler or dpm++2m; empty or absent: the variant's own
     shrink                                  on/off (true/false, 1/0); absent: off
     rank                                    a CLIP name (ViT-B/16, …); empty or absent: no ranking
 
@@ -58,7 +59,7 @@ from ..options import warn_if_large
 from .jobs import EditRequest
 
 NUMBERS = {"steps": int, "samples": int, "guidance": float, "start": float, "seed": int, "size": int}
-CHOICES = ("variant", "reconstruction")
+CHOICES = ("variant", "reconstruction", "sampler")
 FLAGS = {"shrink"}
 FILES = ("image", "mask")
 FIELDS = (*FILES, "prompt", *NUMBERS, *CHOICES, *FLAGS, "rank")
@@ -120,6 +121,7 @@ def edit_request(fields: dict, *, model_name: str, components, output_root: Path
     for name in CHOICES:
         if name in fields:
             setattr(args, name, text(fields, name).strip())
+    args.sampler = args.sampler or None        # empty: the variant's own sampler, as without --sampler
     flag = text(fields, "shrink").strip().lower() if "shrink" in fields else ""
     if flag not in TRUE + FALSE:
         raise FormError(f"argument --shrink: expected on or off (true/false, 1/0), got {flag!r}")
@@ -154,7 +156,7 @@ def edit_request(fields: dict, *, model_name: str, components, output_root: Path
                         f"need up to {needed / 2**20:.1f} MiB; free some space")
     options = dict(steps=args.steps, guidance_scale=args.guidance, start=args.start, num_samples=args.samples,
                    seed=args.seed, variant=args.variant, shrink=args.shrink, reconstruction=args.reconstruction,
-                   size=args.size)
+                   size=args.size, sampler=args.sampler)
     return EditRequest(image, mask, args.prompt, options, rank=args.rank, warnings=caught)
 
 

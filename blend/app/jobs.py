@@ -66,7 +66,8 @@ class EditRequest:
     image: Image.Image
     mask: np.ndarray
     prompt: str
-    options: dict          # steps, guidance_scale, start, num_samples, seed, variant, shrink, reconstruction, size
+    options: dict          # steps, guidance_scale, start, num_samples, seed, variant, sampler, shrink,
+                           # reconstruction, size: blend.edit's keywords
     rank: str | None = None
     warnings: list = field(default_factory=list)
 

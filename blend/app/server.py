@@ -5,7 +5,8 @@ a name taken from the URL):
 
     GET  /                         static/index.html (with /static/app.js and /static/app.css)
     GET  /example.jpg              the shipped example photograph; /example_mask.png its mask
-    GET  /api/info                 {"model", "variants", "reconstructions", "clip_names", "defaults", "max_upload"}
+    GET  /api/info                 {"model", "variants", "samplers", "reconstructions", "clip_names", "defaults",
+                                   "max_upload"}
     POST /api/edit                 multipart form (blend.app.form) → 202 {"job": ID}; 400 {"error"} for bad
                                    input, with the CLI's message; 413 beyond max_upload bytes; 503 when the
                                    queue is full
@@ -30,6 +31,7 @@ from clip import CLIP_NAMES
 
 from ..algorithm import VARIANTS
 from ..cli import EXAMPLE_IMAGE, EXAMPLE_MASK, EXAMPLE_PROMPT, parse_args
+from ..options import SAMPLERS
 from ..reconstruction import MODES
 from .form import FormError, edit_request, parse_multipart
 from .jobs import JobQueue, QueueFull
@@ -88,12 +90,13 @@ class EditServer(ThreadingHTTPServer):
 
     def info(self) -> dict:
         defaults = parse_args([])
-        return {"model": self.model_name, "variants": list(VARIANTS), "reconstructions": list(MODES),
+        return {"model": self.model_name, "variants": list(VARIANTS), "samplers": list(SAMPLERS),
+                "reconstructions": list(MODES),
                 "clip_names": list(CLIP_NAMES), "max_upload": self.max_upload,
                 "defaults": {"prompt": EXAMPLE_PROMPT, "steps": defaults.steps, "samples": defaults.samples,
                              "guidance": self.components.spec.guidance_scale, "start": defaults.start,
-                             "seed": defaults.seed, "variant": defaults.variant, "shrink": defaults.shrink,
-                             "reconstruction": defaults.reconstruction}}
+                             "seed": defaults.seed, "variant": defaults.variant, "sampler": defaults.sampler or "",
+                             "shrink": defaults.shrink, "reconstruction": defaults.reconstruction}}
 
     def handle_error(self, request, client_address) -> None:
         if isinstance(sys.exc_info()[1], ConnectionError):  # the browser went away mid-answer: nothing to report

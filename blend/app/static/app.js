@@ -230,6 +230,7 @@ async function start() {
   $("model").textContent = `model: ${info.model}`;
   const fill = (select, values) => { for (const v of values) select.append(new Option(v, v)); };
   fill(form.elements.variant, info.variants);
+  fill(form.elements.sampler, info.samplers);
   fill(form.elements.reconstruction, info.reconstructions);
   fill(form.elements.rank, info.clip_names);
   for (const [name, value] of Object.entries(info.defaults)) {
