@@ -62,6 +62,7 @@ def check_pair(golden: dict, image: ImageEncoder, text: TextEncoder, pixels: tor
         assert_matches_golden(golden, name, ours[ours_name], ours64[ours_name])
 
 
+@pytest.mark.precision
 @torch.no_grad()
 def test_tiny_image_tower_matches_transformers_clip_vision_model_with_projection_fp32():
     golden = load_golden("rank_tiny")
@@ -69,6 +70,7 @@ def test_tiny_image_tower_matches_transformers_clip_vision_model_with_projection
     check_pair(golden, image, text, golden["pixels"], {"image_embeds": "image_features"})
 
 
+@pytest.mark.precision
 @torch.no_grad()
 def test_tiny_pair_features_and_cosine_match_transformers_clip_model_fp32():
     golden = load_golden("rank_tiny")
@@ -165,6 +167,7 @@ def test_image_attention_has_no_mask_so_the_last_patch_changes_the_class_token()
     assert (model(x) - model(changed)).abs().max() > 1e-3
 
 
+@pytest.mark.precision
 @torch.no_grad()
 def test_embedding_is_the_projected_post_layer_norm_of_the_class_token():
     model = tiny_image_tower()
@@ -200,6 +203,7 @@ def test_bad_names_configs_and_pixel_shapes_are_rejected_with_what_was_expected(
 PILLOW_ROUNDING_BOUND = (0.5 * 1.27 + 0.5) / 255
 
 
+@pytest.mark.precision
 def test_preprocess_matches_transformers_clip_image_processor_within_pillows_rounding():
     golden = load_golden("rank_preprocess")
     std = torch.tensor(CLIP_STD).view(1, 3, 1, 1)

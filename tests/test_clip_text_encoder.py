@@ -37,6 +37,7 @@ def key_shapes(module) -> dict:
 
 
 # ----------------------------------------------------------------------------- parity, tiny
+@pytest.mark.precision
 @torch.no_grad()
 def test_sd1_tiny_tower_matches_transformers_clip_text_model_fp32():
     golden = load_golden("clip_sd1_tiny")
@@ -47,6 +48,7 @@ def test_sd1_tiny_tower_matches_transformers_clip_text_model_fp32():
     check(golden, "text_embeds", projected, lambda model: model.pooled_embedding(ids))
 
 
+@pytest.mark.precision
 @torch.no_grad()
 def test_sd2_tiny_penultimate_context_matches_diffusers_conversion_and_open_clip_fp32():
     golden = load_golden("clip_sd2_tiny")
@@ -180,6 +182,7 @@ def test_pooled_embedding_reads_the_first_eos_and_uses_all_blocks():
         sd1.pooled_embedding(torch.zeros(2, 77, dtype=torch.long))
 
 
+@pytest.mark.precision
 @torch.no_grad()
 def test_quick_gelu_is_x_sigmoid_1_702x_and_gelu_is_erf_gelu():
     from clip.text_encoder import ACTIVATIONS

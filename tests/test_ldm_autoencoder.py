@@ -30,6 +30,7 @@ def check_golden_vae(name: str):
         assert_matches_golden(golden, name, ours[name], ours64[name])
 
 
+@pytest.mark.precision
 def test_vae_parity_tiny_fp32():
     check_golden_vae("ldm_vae_tiny")
 

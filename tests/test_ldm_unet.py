@@ -33,6 +33,7 @@ def check_golden_unet(name: str) -> torch.Tensor:
     return output
 
 
+@pytest.mark.precision
 def test_unet_parity_tiny_fp32():
     check_golden_unet("ldm_unet_tiny")
 
@@ -83,6 +84,7 @@ def test_unet_rejects_latent_not_divisible_by_8_and_names_a_size_that_works(heig
         model(torch.randn(1, 4, height, width), 10, torch.randn(1, 3, 32))
 
 
+@pytest.mark.precision
 def test_timestep_embedding_is_cos_then_sin_of_geometric_frequencies():
     t = torch.tensor([0, 7, 999])
     embedding = timestep_embedding(t, 320)
