@@ -30,6 +30,15 @@ def ddim_timesteps(num_train_timesteps: int, num_steps: int, spacing: str = "lea
     return steps.flip(0)
 
 
+def timestep_position(positions: dict[int, int], t: int, timesteps: torch.Tensor) -> int:
+    """positions[t]: where timestep t stands in `timesteps`; a ValueError naming the range when it is not one."""
+    try:
+        return positions[int(t)]
+    except KeyError:
+        raise ValueError(f"timestep {int(t)} is not one of this sampler's {len(timesteps)} timesteps "
+                         f"({int(timesteps[0])} … {int(timesteps[-1])})") from None
+
+
 def ddim_sigma(alpha_bar: torch.Tensor, alpha_bar_prev: torch.Tensor, eta: float) -> torch.Tensor:
     """σ_t(η) = η · √((1−ᾱ_prev)/(1−ᾱ_t)) · √(1 − ᾱ_t/ᾱ_prev)   (DDIM eq. 16).
 

@@ -41,7 +41,7 @@ and DPM-Solver++ visit the same t; diffusers' own "leading" spacing for this sch
 """
 import torch
 
-from .ddim import ddim_timesteps
+from .ddim import ddim_timesteps, timestep_position
 from .schedule import NoiseSchedule
 
 
@@ -91,11 +91,7 @@ class DPMSolverSampler:
 
     def index_of(self, t: int) -> int:
         """The position of timestep t in `timesteps`."""
-        try:
-            return self._index[int(t)]
-        except KeyError:
-            raise ValueError(f"timestep {int(t)} is not one of this sampler's {self.num_steps} timesteps "
-                             f"({int(self.timesteps[0])} … {int(self.timesteps[-1])})") from None
+        return timestep_position(self._index, t, self.timesteps)
 
     def previous_timestep(self, t: int) -> int:
         """t − T//S: the next timestep visited (negative past the end, where σ = 0 and the latent is x̂₀)."""

@@ -20,7 +20,7 @@ ends at ᾱ_0 (σ_0 ≈ 0.029), Euler at σ = 0, i.e. at x̂₀ itself.
 """
 import torch
 
-from .ddim import ddim_timesteps
+from .ddim import ddim_timesteps, timestep_position
 from .schedule import NoiseSchedule
 
 
@@ -45,11 +45,7 @@ class EulerSampler:
 
     def index_of(self, t: int) -> int:
         """The position of timestep t in `timesteps`."""
-        try:
-            return self._index[int(t)]
-        except KeyError:
-            raise ValueError(f"timestep {int(t)} is not one of this sampler's {self.num_steps} timesteps "
-                             f"({int(self.timesteps[0])} … {int(self.timesteps[-1])})") from None
+        return timestep_position(self._index, t, self.timesteps)
 
     def sigma(self, t: int) -> torch.Tensor:
         """σ_t = √((1 − ᾱ_t) / ᾱ_t), float32."""
