@@ -56,10 +56,14 @@ setup: torch
 # lpips too. Its torchvision (the LPIPS reference builds VGG16 with it) goes into a folder off sys.path:
 # PyPI's Linux wheel is built against CUDA torch, so `import torchvision` fails beside the CPU torch, and
 # transformers must keep seeing no torchvision. tests/test_blend_evaluate_lpips.py imports its models/vgg.py.
+# guided-diffusion-sdk (import name guided_diffusion, the ADM and its diffusion, Blended Diffusion's reference) goes
+# in with --no-deps as well: its modules that the tests import need only torch and numpy. So does kornia 0.7.0 (pure
+# Python; the official Blended Diffusion's augmentations, against which blend/clip_guidance.py's warps are checked).
 setup-test: torch
 	$(PIP) install -q -e ".[test,reference,notebooks]"
 	$(PIP) install -q --no-deps open_clip_torch==3.3.0
 	$(PIP) install -q --no-deps lpips==0.1.4
+	$(PIP) install -q --no-deps guided-diffusion-sdk==1.0.0 kornia==0.7.0
 	$(PIP) install -q --no-deps --upgrade --target $(VENV)/reference-torchvision torchvision==0.28.0
 
 fixtures: setup-test

@@ -33,7 +33,7 @@ from weights.random_init import random_tensor
 
 GOLDEN = Path(__file__).parent / "golden" / "data"
 # The reference extra (setup.cfg) and open_clip_torch, which the Makefile installs beside it.
-REFERENCE_PACKAGES = ("diffusers", "transformers", "open_clip", "scipy")
+REFERENCE_PACKAGES = ("diffusers", "transformers", "open_clip", "scipy", "guided_diffusion")
 
 
 def load_golden(name: str) -> dict:

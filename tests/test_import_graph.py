@@ -1,10 +1,11 @@
 """The import graph of the runtime packages, as the README draws it:
 
-    blend → weights → {ldm, clip, samplers, fast}   (blend also uses samplers and clip directly)
+    blend → weights → {ldm, adm, clip, samplers, fast}   (blend also uses samplers and clip directly)
+                       adm → ldm                     (ADM and the LDM UNet share the timestep embedding and resampling)
                        fast → ldm                    (the fast path swaps layers of the plain networks)
 
-ldm, clip and samplers import none of the project's packages; fast imports only ldm; weights only
-those four; nothing imports blend. Every import statement in the packages is read, at any depth (also the
+ldm, clip and samplers import none of the project's packages; fast and adm import only ldm; weights only
+those five; nothing imports blend. Every import statement in the packages is read, at any depth (also the
 lazy ones inside functions), so a new import that breaks the graph fails here.
 """
 import ast
@@ -13,10 +14,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 ALLOWED = {
     "ldm": set(),
+    "adm": {"ldm"},
     "clip": set(),
     "samplers": set(),
     "fast": {"ldm"},
-    "weights": {"ldm", "clip", "samplers", "fast"},
+    "weights": {"ldm", "adm", "clip", "samplers", "fast"},
     "blend": {"weights", "samplers", "clip"},
 }
 REFERENCE_IMPLEMENTATIONS = {"diffusers", "transformers", "open_clip", "x_transformers", "lpips", "torchvision"}

@@ -4,7 +4,7 @@ import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("ldm", "samplers", "blend", "clip", "weights", "fast")
+PACKAGES = ("ldm", "adm", "samplers", "blend", "clip", "weights", "fast")
 ALLOWED = {"torch", "einops", "safetensors", "huggingface_hub", "pillow", "numpy", "ftfy", "regex"}
 
 
