@@ -4,14 +4,17 @@ import pytest
 from weights import presets
 
 
-def test_get_knows_the_six_presets_and_lists_them_for_an_unknown_name():
-    assert set(presets.NAMES) == {"sd-1.5", "sd-2.1-base", "sd-2.1", "sdxl-base-1.0", "ldm-txt2img-f8-large", "tiny"}
-    with pytest.raises(KeyError, match="sd-1.5, sd-2.1-base, sd-2.1, sdxl-base-1.0, ldm-txt2img-f8-large, tiny"):
+def test_get_knows_the_nine_presets_and_lists_them_for_an_unknown_name():
+    assert set(presets.NAMES) == {"sd-1.5", "sd-2.1-base", "sd-2.1", "sdxl-base-1.0", "sd-1.5-inpainting",
+                                  "sd-2-inpainting", "ldm-txt2img-f8-large", "adm-256-uncond", "tiny"}
+    with pytest.raises(KeyError, match="sd-1.5, sd-2.1-base, sd-2.1, sdxl-base-1.0, sd-1.5-inpainting, "
+                                       "sd-2-inpainting, ldm-txt2img-f8-large, adm-256-uncond, tiny"):
         presets.get("sd-3")
 
 
 @pytest.mark.parametrize("name, context_dim, prediction_type, image_size", [
     ("sd-1.5", 768, "epsilon", 512), ("sd-2.1-base", 1024, "epsilon", 512), ("sd-2.1", 1024, "v", 768),
+    ("sd-1.5-inpainting", 768, "epsilon", 512), ("sd-2-inpainting", 1024, "epsilon", 512),
 ])
 def test_stable_diffusion_presets_match_the_published_configs(name, context_dim, prediction_type, image_size):
     spec = presets.get(name)
@@ -23,7 +26,7 @@ def test_stable_diffusion_presets_match_the_published_configs(name, context_dim,
 
 
 def test_sd2_uses_64_channel_heads_linear_projections_and_the_penultimate_text_layer():
-    for name in ("sd-2.1-base", "sd-2.1"):
+    for name in ("sd-2.1-base", "sd-2.1", "sd-2-inpainting"):
         spec = presets.get(name)
         assert spec.unet.head_dim == 64 and spec.unet.num_heads is None and spec.unet.use_linear_proj
         heads = [spec.unet.model_channels * m // spec.unet.head_dim for m in spec.unet.channel_mult[:3]]
@@ -33,9 +36,9 @@ def test_sd2_uses_64_channel_heads_linear_projections_and_the_penultimate_text_l
 
 
 def test_sd1_uses_8_heads_conv_projections_and_the_last_text_layer():
-    spec = presets.get("sd-1.5")
-    assert spec.unet.num_heads == 8 and spec.unet.head_dim is None and not spec.unet.use_linear_proj
-    assert spec.text.layout == "sd1" and spec.text.skip_last_layers == 0 and spec.text.activation == "quick_gelu"
+    for spec in (presets.get("sd-1.5"), presets.get("sd-1.5-inpainting")):
+        assert spec.unet.num_heads == 8 and spec.unet.head_dim is None and not spec.unet.use_linear_proj
+        assert spec.text.layout == "sd1" and spec.text.skip_last_layers == 0 and spec.text.activation == "quick_gelu"
 
 
 def test_tiny_keeps_the_latent_shape_conventions_of_stable_diffusion():
@@ -45,8 +48,11 @@ def test_tiny_keeps_the_latent_shape_conventions_of_stable_diffusion():
     assert spec.image_size % 64 == 0
 
 
-def test_every_preset_builds_the_scaled_linear_schedule():
+def test_every_latent_preset_builds_the_scaled_linear_schedule():
+    """The latent presets (ModelSpec); the pixel-space ADM's linear-β diffusion is tested in test_weights_adm.py."""
     for name in presets.NAMES:
+        if not isinstance(presets.get(name), presets.ModelSpec):
+            continue
         schedule = presets.get(name).build_schedule()
         assert schedule.num_train_timesteps == 1000
         assert schedule.betas[0].item() == pytest.approx(0.00085, rel=1e-6)

@@ -170,7 +170,7 @@ def test_sd2_prediction_type_comes_from_the_argument_or_the_published_file_name_
 
 @pytest.mark.parametrize("change, message", [
     (lambda t: t.update({"conditioner.embedders.0.transformer.x": _meta(1)}), "SDXL"),
-    (lambda t: t.update({single_file.PROBES["unet"]: _meta((320, 9, 3, 3))}), "9 input channels"),
+    (lambda t: t.update({single_file.PROBES["unet"]: _meta((320, 5, 3, 3))}), "5 input channels"),
     (lambda t: [t.pop(k) for k in list(t) if k.startswith("cond_stage_model")], "not a full SD 1.x/2.x"),
     (lambda t: t.update({single_file.UNET_PREFIX + "input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight":
                          _meta((320, 1024))}), "cross-attends to width 1024"),
@@ -372,7 +372,7 @@ def test_folder_image_size_is_the_unet_sample_size_times_the_vae_downsampling(tm
     ("unet", {"norm_num_groups": 24}, r"unet/config.json: norm_num_groups=24.*divides every block_out_channels"),
     ("unet", {"attention_head_dim": 5}, r"unet/config.json: attention_head_dim=\[5, 5\].*dividing the channels"),
     ("unet", {"_class_name": "UNet2DModel"}, r"unet/config.json: _class_name='UNet2DModel'.*UNet2DConditionModel"),
-    ("unet", {"in_channels": 9}, r"unet/config.json: in_channels=9, out_channels=4, but .*latent_channels=4"),
+    ("unet", {"in_channels": 5}, r"unet/config.json: in_channels=5, out_channels=4, but .*latent_channels=4"),
     ("unet", {"cross_attention_dim": 64}, r"cross_attention_dim=64, but .*text_encoder/config.json has hidden_size=32"),
     ("vae", {"norm_num_groups": 5}, r"vae/config.json: norm_num_groups=5"),
     ("vae", {"_class_name": "AutoencoderTiny"}, r"vae/config.json: _class_name='AutoencoderTiny'.*AutoencoderKL"),

@@ -1,5 +1,7 @@
-"""Model presets, deterministic random weights, and checkpoint loading (`weights.load`, see weights/LOADING.md)."""
+"""Model presets, deterministic random weights, and checkpoint loading (`weights.load`, and `weights.load_pixel_model`
+for the pixel-space ADM of Blended Diffusion; see weights/LOADING.md)."""
 from . import presets
+from .adm import AdmSpec, PixelComponents, load_pixel_model
 from .clip_ranker import load_clip
 from .conditioning import prompt_conditioning
 from .errors import (
@@ -20,4 +22,5 @@ from .random_init import fill_random_, random_state_dict, random_tensor
 __all__ = ["presets", "fill_random_", "random_state_dict", "random_tensor", "load", "Components", "MODEL_NAMES",
            "spec_of", "prompt_conditioning", "default_dtype", "dtype_message", "load_clip",
            "convert_checkpoint", "WeightsError", "UnknownSourceError", "NotAModelError", "CorruptFileError",
-           "OfflineError", "PickleRefusedError", "StateDictMismatchError", "UnsupportedModelError"]
+           "OfflineError", "PickleRefusedError", "StateDictMismatchError", "UnsupportedModelError",
+           "load_pixel_model", "PixelComponents", "AdmSpec"]

@@ -184,12 +184,14 @@ def read_one_tower_spec(folder: Path, name: str) -> ModelSpec:
 
 def check_components_fit(files: dict, unet, vae, text) -> None:
     """The UNet denoises the VAE's latents and attends to the text tower's output: refuse, by the
-    config keys involved, a folder whose parts do not fit (an inpainting UNet has 9 input channels)."""
-    if unet.in_channels != vae.z_channels or unet.out_channels != vae.z_channels:
+    config keys involved, a folder whose parts do not fit. An inpainting UNet takes the latent, the mask
+    and the masked image's latent (2·latent_channels + 1 = 9 input channels)."""
+    latent = vae.z_channels
+    if unet.in_channels not in (latent, 2 * latent + 1) or unet.out_channels != latent:
         raise UnsupportedModelError(
             f"{files['unet']}: in_channels={unet.in_channels}, out_channels={unet.out_channels}, but {files['vae']} "
-            f"has latent_channels={vae.z_channels}; supported: a text-to-image UNet whose in_channels and "
-            f"out_channels equal the VAE's latent_channels (an inpainting UNet adds mask channels)")
+            f"has latent_channels={latent}; supported: out_channels equal to the VAE's latent_channels and "
+            f"in_channels {latent} (text-to-image) or {2 * latent + 1} (inpainting: latent, mask, masked image)")
     if unet.context_dim != text.width and unet.adm_in_channels is None:   # SDXL's: read_sdxl_spec checks it
         raise UnsupportedModelError(
             f"{files['unet']}: cross_attention_dim={unet.context_dim}, but {files['text_encoder']} has "

@@ -20,6 +20,7 @@ from clip import TextEncoder, Tokenizer
 from ldm import AutoencoderKL, UNetModel
 
 from . import hub, ldm_txt2img, presets, single_file
+from .adm import AdmSpec, latent_editor_refusal
 from .diffusers_folder import load_folder
 from .errors import NotAModelError, UnknownSourceError
 from .materialize import assign_weights, build_empty, open_safetensors
@@ -91,12 +92,15 @@ def load_plain(source: str | Path, *, dtype: torch.dtype | None, device: str | t
         return load_tiny(**options)
     if isinstance(source, str) and source in presets.NAMES:
         spec = presets.get(source)
+        if isinstance(spec, AdmSpec):           # pixel space, no autoencoder: weights.load_pixel_model loads it
+            raise latent_editor_refusal(source)
         if isinstance(spec, presets.LDMSpec):   # the paper's LDM: pickles from known sources, converted once
             return Components(*ldm_txt2img.load_preset(spec, dtype=dtype, device=device))
         if spec.text_2 is not None:             # SDXL: the single file (the folder's VAE is another one)
             file = hub.fetch_single_file(spec)
             return load_single_file(file, open_safetensors(file), **options)
-        folder = hub.fetch(spec, fp16=dtype == torch.float16)
+        # A float16_only preset's float32 weights are published only as pickles: its float16 files, widened.
+        folder = hub.fetch(spec, fp16=dtype == torch.float16 or spec.float16_only)
         return Components(*load_folder(folder, preset=spec, allow_pickle=False, **options))
 
     path = Path(source).expanduser()

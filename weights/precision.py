@@ -49,7 +49,8 @@ def is_stable_diffusion_source(source) -> bool:
     if isinstance(source, str) and source in ("toy", "tiny"):
         return False
     if isinstance(source, str) and source in presets.NAMES:
-        return not isinstance(presets.get(source), presets.LDMSpec)
+        spec = presets.get(source)          # not the LDM, nor the pixel-space ADM (weights.adm.AdmSpec)
+        return isinstance(spec, presets.ModelSpec) and not isinstance(spec, presets.LDMSpec)
     path = Path(source).expanduser()
     if path.is_dir():
         return (path / "unet").is_dir() and (path / "vae").is_dir() and not ldm_txt2img.looks_like_port(path)

@@ -1,19 +1,29 @@
 """Model presets: the architecture, schedule and source of each supported checkpoint.
 
 `get(name)` returns a `ModelSpec` for "sd-1.5", "sd-2.1-base", "sd-2.1" (768 px,
-v-prediction), "sdxl-base-1.0" (1024 px, two text towers) or "tiny" (a small SD-1-shaped
-model for tests and offline runs). The numbers come from the published CompVis/Stability
-configs (`v1-inference.yaml`, `v2-inference.yaml`, `v2-inference-v.yaml`, `sd_xl_base.yaml`).
+v-prediction), "sdxl-base-1.0" (1024 px, two text towers), the inpainting checkpoints
+"sd-1.5-inpainting" and "sd-2-inpainting" (a UNet of 9 input channels: the latent, the mask and
+the masked image's latent; `blend.inpaint` runs them) or "tiny" (a small SD-1-shaped model for tests
+and offline runs). The numbers come from the published CompVis/Stability configs
+(`v1-inference.yaml`, `v2-inference.yaml`, `v2-inference-v.yaml`, `v1-inpainting-inference.yaml`,
+`v2-inpainting-inference.yaml`, `sd_xl_base.yaml`).
+"ldm-txt2img-f8-large", the paper's LDM, is an `LDMSpec`. "adm-256-uncond", OpenAI's pixel-space
+ImageNet model that Blended Diffusion runs on, is a `weights.adm.AdmSpec`: it has no autoencoder or
+text tower, and loads with `weights.load_pixel_model`, not `weights.load`.
 
 Each Hub preset lists its sources, Hugging Face repositories holding the same files under
-the same names, in the order `weights.hub.fetch` tries them (see weights/LOADING.md).
+the same names (the ADM: the same file under each source's path), in the order `weights.hub.fetch`
+tries them (see weights/LOADING.md).
 """
 from dataclasses import dataclass, field, replace
 
+from adm import ADM_256_UNCOND
 from clip import TextConfig, TextEncoder, Tokenizer
 from ldm import AutoencoderConfig, AutoencoderKL, BERTConfig, BERTTextEncoder, UNetConfig, UNetModel
 from ldm.wordpiece import WordPieceTokenizer
 from samplers import NoiseSchedule
+
+from .adm import OPENAI_SHA256, AdmSpec
 
 
 @dataclass(frozen=True)
@@ -46,6 +56,8 @@ class ModelSpec:
     z_init: str = "mean"                 # the source latent: the posterior "mean" (SD2 script) or a "sample" (LDM)
     text_2: TextConfig | None = None     # SDXL's second text tower (OpenCLIP ViT-bigG/14), else None
     time_embedding_dim: int = 256        # SDXL: width of each time-id embedding in the UNet's y
+    float16_only: bool = False           # its Hub folders hold safetensors in float16 only (float32 only as pickles):
+                                         # a float32 load reads those and widens them
     notes: str = field(default="", compare=False)
 
     @property
@@ -119,6 +131,7 @@ _SD2_UNET = UNetConfig(num_heads=None, head_dim=64, context_dim=1024, use_linear
 # under the same names. The old ids stay as second sources: a cache filled from them before then still loads.
 _SD21_BASE_FILE = "v2-1_512-ema-pruned.safetensors"
 _SD21_FILE = "v2-1_768-ema-pruned.safetensors"
+_SD2_INPAINTING_FILE = "512-inpainting-ema.safetensors"
 
 # SDXL base 1.0 (Stability-AI/generative-models configs/inference/sd_xl_base.yaml): attention at levels 1
 # and 2 only, 2 and 10 transformer blocks there and 10 in the middle; y = [pooled bigG text | 6 × 256].
@@ -176,6 +189,33 @@ _PRESETS = {
         guidance_scale=5.0,
         sources=(HubSource("stabilityai/stable-diffusion-xl-base-1.0", "sd_xl_base_1.0.safetensors"),),
     ),
+    # The inpainting checkpoints: SD's UNet with 5 more input channels, z_t | mask | E(masked image) (9 in all),
+    # fine-tuned with the mask and the masked image as extra conditioning. SD 1.5-inpainting: 595k steps of SD 1.2
+    # then 440k of inpainting at 512²; its repository (runwayml's, kept by stable-diffusion-v1-5 since 2024) holds
+    # the folders' weights as float16 safetensors and as pickles, and the single file only as a pickle.
+    "sd-1.5-inpainting": ModelSpec(
+        name="sd-1.5-inpainting",
+        unet=UNetConfig(in_channels=9),
+        vae=AutoencoderConfig(),
+        text=_SD1_TEXT,
+        prediction_type="epsilon",
+        scale_factor=0.18215,
+        image_size=512,
+        sources=(HubSource("stable-diffusion-v1-5/stable-diffusion-inpainting", "sd-v1-5-inpainting.ckpt"),),
+        float16_only=True,
+    ),
+    # SD 2-inpainting: 200k more steps of 512-base-ema with LaMa's masks; ε-prediction, 512 px, SD 2's text tower.
+    "sd-2-inpainting": ModelSpec(
+        name="sd-2-inpainting",
+        unet=replace(_SD2_UNET, in_channels=9),
+        vae=AutoencoderConfig(),
+        text=_SD2_TEXT,
+        prediction_type="epsilon",
+        scale_factor=0.18215,
+        image_size=512,
+        sources=(HubSource("sd2-community/stable-diffusion-2-inpainting", _SD2_INPAINTING_FILE),
+                 HubSource("stabilityai/stable-diffusion-2-inpainting", _SD2_INPAINTING_FILE)),
+    ),
     # The paper's own model, LDM-KL-8-G (CompVis txt2img-f8-large, 1.45 B; configs/latent-diffusion/
     # txt2img-1p4B-eval.yaml), with the official LDM script's defaults: 256², 50 uniform DDIM steps
     # (981 … 1), guidance 5, the source latent a posterior sample.
@@ -192,6 +232,18 @@ _PRESETS = {
                  HubSource("CompVis/ldm-text2im-large-256")),
         timestep_spacing="uniform",
         z_init="sample",
+    ),
+    # OpenAI's unconditional ImageNet 256² ADM (guided-diffusion's 256x256_diffusion_uncond.pt), the network of
+    # Blended Diffusion, with the official BD script's defaults: 100 respaced steps, CLIP ViT-B/16 as the judge.
+    "adm-256-uncond": AdmSpec(
+        name="adm-256-uncond",
+        unet=ADM_256_UNCOND,
+        image_size=256,
+        sources=(HubSource("omriav/blended-diffusion", "checkpoints/256x256_diffusion_uncond.pt"),
+                 HubSource("sj98/DiffuseIT", "256x256_diffusion_uncond.pt")),
+        sha256=OPENAI_SHA256,
+        respacing="100",
+        judge="ViT-B/16",
     ),
     "tiny": ModelSpec(
         name="tiny",
@@ -211,7 +263,7 @@ _PRESETS = {
 NAMES = tuple(_PRESETS)
 
 
-def get(name: str) -> ModelSpec:
+def get(name: str) -> ModelSpec | AdmSpec:
     """The spec of a named model; raises KeyError listing the known names."""
     try:
         return _PRESETS[name]

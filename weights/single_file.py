@@ -10,7 +10,10 @@ One file holds the whole LatentDiffusion model, with each network under its own 
     conditioner.embedders.1.model.*         SDXL's ViT-bigG/14 tower (open_clip's names, 32 blocks)
 
 beside entries that are not weights of any network (`SINGLE_FILE_NON_WEIGHTS`). SD 1 and SD 2 are told apart
-by the text tower's prefix and checked against the UNet's cross-attention width (768 vs 1024).
+by the text tower's prefix and checked against the UNet's cross-attention width (768 vs 1024); an inpainting
+checkpoint (`sd-v1-5-inpainting`, `512-inpainting-ema`) from the text-to-image one of its family by the input
+channels of its first convolution, `model.diffusion_model.input_blocks.0.0.weight` (320, 9, 3, 3) against
+(320, 4, 3, 3), as diffusers' `infer_diffusers_model_type` tells them apart.
 Whether a model predicts ε or v is not in the weights; it comes from the matching preset or the caller.
 """
 import warnings
@@ -21,6 +24,8 @@ from .errors import StateDictMismatchError, UnsupportedModelError, mismatch_mess
 UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."
 TEXT_PREFIXES = {"sd1": "cond_stage_model.transformer.", "sd2": "cond_stage_model.model."}
+# The UNet's input channels: the latent (4), or the inpainting UNet's latent | mask | masked image's latent (9).
+UNET_IN_CHANNELS = (4, 9)
 SDXL_TEXT_PREFIXES = {"text_encoder": "conditioner.embedders.0.transformer.",
                       "text_encoder_2": "conditioner.embedders.1.model."}
 
@@ -55,9 +60,10 @@ def detect_family(tensors: dict, file) -> str:
             f"found text towers: {found or 'none'}. A UNet-only or LoRA file cannot be loaded as a model.")
     family = found[0]
     conv_in = tensors.get(PROBES["unet"])
-    if conv_in is not None and conv_in.shape[1] != 4:
-        raise UnsupportedModelError(f"{file}: its UNet takes {conv_in.shape[1]} input channels (an inpainting or "
-                                    "depth model); only the 4-channel text-to-image UNet is supported")
+    if conv_in is not None and conv_in.shape[1] not in UNET_IN_CHANNELS:
+        raise UnsupportedModelError(f"{file}: its UNet takes {conv_in.shape[1]} input channels (a depth or other "
+                                    f"image-conditioned model); supported: 4 (text-to-image) and 9 (inpainting: the "
+                                    f"latent, the mask and the masked image's latent)")
     token_embedding = tensors.get(PROBES[family])
     to_k = next((v for k, v in tensors.items() if k.startswith(UNET_PREFIX) and k.endswith("attn2.to_k.weight")), None)
     if token_embedding is not None and to_k is not None and to_k.shape[1] != token_embedding.shape[1]:
