@@ -2,7 +2,9 @@
 # One prepared call on a GPU machine (made for a lent H100/H200 with no network; under 8 minutes there):
 #   1. installs the carried wheels of .whl/ into a folder on PYTHONPATH (diffusers, open_clip, ftfy ...);
 #   2. runs the gpu-marked tests (python -m pytest -q -m gpu);
-#   3. runs benchmarks/gpu_benchmark.py: the SD 1.5 UNet at 512², 50 steps with CFG, float16 and bfloat16,
+#   3. runs benchmarks/blended_diffusion_cost.py on the GPU: one step of Blended Diffusion (ADM 256² with CLIP
+#      guidance on 8 views) against one of BLD on the paper's LDM, float32, and their ratio an image;
+#   4. runs benchmarks/gpu_benchmark.py: the SD 1.5 UNet at 512², 50 steps with CFG, float16 and bfloat16,
 #      eager, CUDA graph and torch.compile, ours against diffusers; one JSON and a markdown table.
 #
 # Here, once (the wheels the GPU machine lacks, about 9 MB; .whl/ is ignored by git):
@@ -21,15 +23,17 @@
 #     --time-limit S       seconds the whole run may take (default 460); the benchmark gets what the
 #                          tests leave, and the rows it finished by then are kept
 #     --test-limit S       seconds the tests may take (default 200); then they are stopped
+#     --no-blended-diffusion  skip step 3 (it takes about a minute, mostly building the networks)
 # Environment: PYTHON (default: .venv/bin/python if there, else python3), SITE (where the wheels go,
 # default /tmp/site).
 #
-# Writes into DIR: environment.txt, gpu-tests.log, gpu-benchmark.log, gpu-benchmark.json, gpu-benchmark.md.
+# Writes into DIR: environment.txt, gpu-tests.log, blended-diffusion.log, blended-diffusion.json, gpu-benchmark.log,
+# gpu-benchmark.json, gpu-benchmark.md.
 # Exits 0 when the tests passed and every benchmark row was measured (a missed target is a result, not an
 # error), 1 otherwise, 2 on a bad option.
 set -euo pipefail
 
-dry_run=0 tests=1 compile=1 cuda_graph=1 time_limit=460 test_limit=200
+dry_run=0 tests=1 compile=1 cuda_graph=1 time_limit=460 test_limit=200 blended=1 blended_limit=120
 out="${OUT:-}"
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -38,11 +42,12 @@ while [ $# -gt 0 ]; do
         --no-tests) tests=0 ;;
         --no-compile) compile=0 ;;
         --no-cuda-graph) cuda_graph=0 ;;
+        --no-blended-diffusion) blended=0 ;;
         --test-limit) test_limit="${2:?--test-limit needs seconds}"; shift ;;
         --time-limit) time_limit="${2:?--time-limit needs seconds}"; shift ;;
         -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
         *) echo "error: unknown option '$1'; expected --dry-run, --out DIR, --no-tests, --no-compile," \
-                "--no-cuda-graph, --time-limit S or --test-limit S (see --help)" >&2; exit 2 ;;
+                "--no-cuda-graph, --no-blended-diffusion, --time-limit S or --test-limit S (see --help)" >&2; exit 2 ;;
     esac
     shift
 done
@@ -126,7 +131,26 @@ elif [ "$tests" = 1 ]; then
     esac
 fi
 
-# --- 3. the benchmark ----------------------------------------------------------------------------------------
+# --- 3. Blended Diffusion's step against BLD's --------------------------------------------------------------
+blended_status="skipped"
+if [ "$dry_run" = 1 ]; then
+    say "dry run: Blended Diffusion's cost is not measured (full size only; on the CPU: $python -m benchmarks.blended_diffusion_cost)"
+    blended_status="skipped (dry run)"
+elif [ "$blended" = 1 ]; then
+    say "Blended Diffusion's step against BLD's (at most ${blended_limit} s) -> $out/blended-diffusion.log"
+    set +e
+    timeout -k 10 "$blended_limit" "$python" -m benchmarks.blended_diffusion_cost --device cuda --repeats 3 \
+        --json "$out/blended-diffusion.json" 2>&1 | tee "$out/blended-diffusion.log"
+    status=${PIPESTATUS[0]}
+    set -e
+    case "$status" in
+        0) blended_status="measured" ;;
+        124) blended_status="stopped after ${blended_limit} s" ;;
+        *) blended_status="failed (exit $status)" ;;
+    esac
+fi
+
+# --- 4. the benchmark ----------------------------------------------------------------------------------------
 benchmark=(-m benchmarks.gpu_benchmark --json "$out/gpu-benchmark.json" --table "$out/gpu-benchmark.md")
 [ "$dry_run" = 1 ] && benchmark+=(--dry-run)
 [ "$compile" = 1 ] && benchmark+=(--compile)
@@ -151,6 +175,7 @@ fi
 
 say "summary ($((SECONDS - started)) s)"
 echo "gpu-marked tests: $tests_status"
+echo "Blended Diffusion's cost: $blended_status"
 echo "benchmark: $benchmark_status"
 echo "results: $out"
 [ "$status" = 0 ] && [ "$tests_ok" = 1 ]

@@ -3,10 +3,18 @@
     python -m blend.batch edits.jsonl --out results --model toy --samples 4 --rank tiny
     torchrun --nproc_per_node 8 -m blend.batch edits.jsonl --out results --samples 4 --rank
 
-The manifest has one JSON object per line, {"id", "image", "mask", "prompt"} with an optional "seed"
-and per-item options (blend/manifest.py has the rules). The command line takes the edit options of
-`python -m blend` (--model --steps --guidance --start --samples --variant --sampler --shrink
---reconstruction --rank --dtype --size --allow-pickle); a line's options override them for that item.
+The manifest has one JSON object per line, {"id", "image", "mask", "prompt"} with an optional "seed",
+an optional "method", "mask-from" in place of "mask", and per-item options (blend/manifest.py has the
+rules). The command line takes the edit options of `python -m blend` (--method --model --samples --dtype
+--allow-pickle; for the latent methods bld, sdedit, repaint, diffedit and inpaint --steps --guidance
+--sampler --rank --size --mask-from, for bld also --start --variant --shrink --reconstruction, and
+--strength (sdedit, inpaint), --jump-length --jump-n-sample (repaint), --encode-ratio (diffedit); for
+blended-diffusion and local-clip --skip-timesteps --respacing --clip-guidance --range-loss --views --ddim
+--background-loss), refused as python -m blend refuses them; a line's options override them for that
+item, and a line's "method" runs it with that method (the command line's options that method does not
+take do not apply to it). Each model is loaded once, when its first item needs it: --model when given,
+else the method's own (sd-2.1-base for bld, sdedit, repaint and diffedit, sd-2-inpainting for inpaint,
+adm-256-uncond for the pixel methods). A repaint item prints its network calls before it runs.
 
 Processes. Alone, one process does every item. Under torchrun (RANK, WORLD_SIZE, LOCAL_RANK set),
 process `rank` of `world_size` takes the items i (in manifest order, from 0) with
@@ -19,9 +27,12 @@ the end (a barrier, the sum of the counts, and a barrier once rank 0 has printed
 Results, under --out DIR:
     DIR/<id>/result_<k>.png   k = 0 … samples − 1; best first with --rank
     DIR/<id>/grid.png         input | mask | results
-    DIR/<id>/ranking.txt      with --rank: a '#' comment line, then one line per result, best first:
+    DIR/<id>/mask-from.png    with "mask-from" (or --mask-from): the estimated mask, white = edit
+    DIR/<id>/ranking.txt      with --rank, and always for the pixel methods: a '#' comment line, then
+                              one line per result, best first:
                               `result_<k>.png  sample <index before ranking>  clip_distance <d>`
-                              (cosine distance of CLIP(result ⊙ mask) to CLIP(prompt), paper §4.4)
+                              (cosine distance of CLIP(result ⊙ mask) to CLIP(prompt), paper §4.4; for the
+                              pixel methods Blended Diffusion's spherical distance)
     DIR/failures.jsonl        one {"id", "error"} line per item this run could not do
 An item folder is whole or absent: it is written as DIR/.<id>.<8 hex digits>.partial and renamed
 when complete. An item that cannot be done (unreadable image, empty mask, a prompt the model cannot
@@ -66,16 +77,21 @@ from .cli import (
     ResultFolder,
     add_edit_options,
     cannot_load_message,
-    pickle_refusal_message,
+    command_line_problem,
+    judge_name,
+    parse_with_given,
     remove_stale_partials,
+    repaint_cost_line,
+    results_mask,
     unwritable_message,
+    write_estimated_mask,
     write_results,
 )
 from .editor import edit, load_model
 from .errors import EditInputError
 from .images import read_image, read_mask
 from .manifest import ManifestError, output_blocker, read_manifest
-from .options import option_problem, warn_if_large
+from .options import DEFAULT_MODELS, LATENT_METHODS, warn_if_large
 
 FAILURES = "failures.jsonl"
 # The final barrier waits for the slowest process; its share may take days, so wait that long.
@@ -113,7 +129,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--out", required=True, help="the folder of the results, one sub-folder per item id")
     add_edit_options(parser)
     parser.add_argument("--redo", action="store_true", help="redo the finished items too (default: skip them)")
-    return parser.parse_args(argv)
+    return parse_with_given(parser, argv)
 
 
 def main(argv=None) -> int:
@@ -182,11 +198,16 @@ def checked(args: argparse.Namespace, process: Process) -> tuple:
     """(items, device, problems): the options, the manifest, the device, then the output folder (created)."""
     options = {"steps": args.steps, "guidance_scale": args.guidance, "start": args.start,
                "num_samples": args.samples, "variant": args.variant, "sampler": args.sampler, "shrink": args.shrink,
-               "reconstruction": args.reconstruction, "size": args.size}
-    items, device, problems = [], None, refusals(args, options)
+               "reconstruction": args.reconstruction, "size": args.size, "skip_timesteps": args.skip_timesteps,
+               "respacing": args.respacing, "clip_guidance_scale": args.clip_guidance, "range_scale": args.range_loss,
+               "num_views": args.views, "background_loss": args.background_loss, "ddim": args.ddim,
+               "strength": args.strength, "jump_length": args.jump_length, "jump_n_sample": args.jump_n_sample,
+               "encode_ratio": args.encode_ratio, "mask_from": args.mask_from}
+    items, device, problems = [], None, refusals(args)
     if not problems:
         try:
-            items = read_manifest(args.manifest, options, model=args.model)
+            items = read_manifest(args.manifest, options, model=args.model if "model" in args.given else None,
+                                  method=args.method)
         except ManifestError as error:
             problems = error.problems
     if not problems:
@@ -221,15 +242,15 @@ def summary(total: int, done: int, skipped: int, failed: int, seconds: float, pr
             f"{60 * done / max(seconds, 1e-6):.1f} items done per minute")
 
 
-def refusals(args: argparse.Namespace, options: dict) -> list:
+def refusals(args: argparse.Namespace) -> list:
     """The command line's problems that can be told without loading anything (as python -m blend)."""
-    problem = option_problem(**{name: value for name, value in options.items() if name != "shrink"},
-                             model=args.model, rank=args.rank, cli=True)
-    if problem is None and not args.allow_pickle:
-        from weights.pickle_checkpoint import is_pickle_checkpoint
-        if is_pickle_checkpoint(Path(args.model).expanduser()):
-            problem = pickle_refusal_message(args.model, Path(args.model).expanduser())
+    problem = command_line_problem(args)
     return [problem] if problem else []
+
+
+def model_of(args: argparse.Namespace, method: str) -> str:
+    """The model that runs `method`'s items: --model when given, else the method's own."""
+    return args.model if "model" in args.given else DEFAULT_MODELS[method]
 
 
 def choose_device(process: Process) -> tuple:
@@ -254,7 +275,7 @@ class Worker:
 
     def __init__(self, args: argparse.Namespace, process: Process, device: torch.device, out: Path):
         self.args, self.process, self.device, self.out = args, process, device, out
-        self.model, self.ranker = None, None
+        self.models, self.ranker, self.ranker_loaded, self.pixel_model = {}, None, False, None
 
     def do(self, share: list) -> list:
         """[done, skipped, failed] for the items of `share`, one progress line each."""
@@ -285,35 +306,64 @@ class Worker:
 
     def edit_and_write(self, item) -> int:
         image = read_image(item.image)
-        mask = read_mask(item.mask, image.size)
-        self.load()
-        results = edit(image, mask, item.prompt, model=self.model, seed=item.seed, device=str(self.device),
-                       ranker=self.ranker, **item.options)
+        mask = read_mask(item.mask, image.size) if item.mask is not None else None
+        estimated = item.options.get("mask_from") is not None
+        if item.method in LATENT_METHODS:
+            model = self.load(item.method)
+            if item.method == "repaint":
+                self.process.say(f"{item.id}: " + repaint_cost_line(item.options.get("steps", 50),
+                                                                    item.options.get("jump_length", 10),
+                                                                    item.options.get("jump_n_sample", 10)))
+            results = edit(image, mask, item.prompt, model=model, method=item.method, seed=item.seed,
+                           device=str(self.device), ranker=self.ranker, **item.options)
+            mask = results_mask(results, mask, image)
+            ranking = (self.args.rank,)
+        else:
+            from .pixel_editor import edit_pixels
+            self.load_pixel(item.method)
+            results = edit_pixels(image, mask, item.prompt, method=item.method, model=self.pixel_model,
+                                  seed=item.seed, device=str(self.device), dtype=DTYPE_NAMES.get(self.args.dtype),
+                                  **item.options)
+            ranking = (judge_name(self.pixel_model), item.method)   # always ranked, by the method's own distance
         folder = ItemFolder(self.out / item.id)
         try:
-            write_results(folder.temporary, image, mask, results, self.args.rank)
+            write_results(folder.temporary, image, mask, results, *ranking)
+            if estimated:
+                write_estimated_mask(folder.temporary, mask)
             folder.commit()
         finally:
             folder.discard()  # unless it was renamed into place
         return len(results)
 
-    def load(self) -> None:
-        """The model and the ranker, once, when the first item needs them."""
-        if self.model is not None:
+    def load_pixel(self, method: str) -> None:
+        """The pixel methods' model and its judge (weights.load_pixel_model), once, when the first item needs it."""
+        if self.pixel_model is not None:
             return
-        args = self.args
+        from weights import load_pixel_model
+        model = model_of(self.args, method)
         try:
-            self.model = load_model(args.model, dtype=DTYPE_NAMES.get(args.dtype), device=str(self.device),
-                                    allow_pickle=args.allow_pickle)
+            self.pixel_model = load_pixel_model(model, dtype=DTYPE_NAMES.get(self.args.dtype), device=str(self.device))
         except Exception as error:
-            raise ModelUnavailable(cannot_load_message(args.model, error)) from error
-        if args.rank:
+            raise ModelUnavailable(cannot_load_message(model, error, method=method)) from error
+
+    def load(self, method: str):
+        """The latent model of `method` (sd-2.1-base, an inpainting model, or --model for all) and the ranker, each
+        once, when the first item needs them."""
+        args, name = self.args, model_of(self.args, method)
+        if name not in self.models:
+            try:
+                self.models[name] = load_model(name, dtype=DTYPE_NAMES.get(args.dtype), device=str(self.device),
+                                               allow_pickle=args.allow_pickle)
+            except Exception as error:
+                raise ModelUnavailable(cannot_load_message(name, error)) from error
+        if args.rank and not self.ranker_loaded:
             from weights import load_clip
             try:
                 self.ranker = load_clip(args.rank)  # on the CPU, where blend.rank reads the results
             except Exception as error:
-                self.model = None
                 raise ModelUnavailable(f"error: could not load the CLIP ranker {args.rank!r}: {error}") from error
+            self.ranker_loaded = True
+        return self.models[name]
 
 
 class ItemFolder(ResultFolder):

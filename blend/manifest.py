@@ -4,10 +4,27 @@ A manifest is a JSON Lines file: each non-blank line is one JSON object
 
     {"id": "cat-01", "image": "images/01.jpg", "mask": "masks/01.png", "prompt": "a cat"}
 
-with an optional "seed" (0 … 2**64 − 1) and optional per-item options that override the command
-line's, under the flags' names: "steps", "guidance", "start", "samples", "variant", "sampler", "shrink",
-"reconstruction", "size". Relative image and mask paths are taken from the manifest's folder. A "sampler"
-that the line's (or the command line's) "variant" cannot run is refused like any option out of range.
+with an optional "seed" (0 … 2**64 − 1), an optional "method" (blend.options.METHODS: "bld", "sdedit",
+"repaint", "diffedit", "inpaint", "blended-diffusion" or "local-clip"; default: the command line's
+--method) and optional per-item options that override the command line's, under the flags' names: for
+the latent methods "steps", "guidance", "sampler", "size" and "mask-from"; for "bld" also "start",
+"variant", "shrink", "reconstruction"; "strength" for "sdedit" and "inpaint", "jump-length" and
+"jump-n-sample" for "repaint", "encode-ratio" for "diffedit"; for "blended-diffusion" and "local-clip",
+"skip-timesteps", "respacing", "clip-guidance", "range-loss", "views", "ddim" and (local-clip only)
+"background-loss"; "samples" for all. An option that the line's method does not take is refused, naming
+the method that takes it (blend.options.METHOD_OPTIONS); the command line's options that the line's
+method does not take do not apply to the line. Relative image and mask paths are taken from the
+manifest's folder. A "sampler" that the line's (or the command line's) "variant" or method cannot run is
+refused like any option out of range.
+
+"mask-from": a reference text ("" for the unconditional model): the item's mask is estimated from its
+prompt against it (DiffEdit's step 1), written as <id>/mask-from.png. It replaces "mask": a line with
+both is refused, and so is a line with "mask" when the command line gives --mask-from (for its method).
+A "sdedit" line may leave "mask" out: SDEdit uses none (a mask given is what --rank and grid.png read).
+
+Each method runs its own kind of model: --model when given (toy serves every method but inpaint), else
+the method's default (blend.options.DEFAULT_MODELS: sd-2.1-base for bld, sdedit, repaint and diffedit,
+sd-2-inpainting for inpaint, adm-256-uncond for the pixel methods).
 
   id      the item's folder name under --out: letters, digits and . _ - + = @ , (not first a dot),
           at most 200 characters, unique (also ignoring case, for case-insensitive file systems)
@@ -28,12 +45,26 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .options import option_problem
+from .options import (
+    DEFAULT_MODELS,
+    LATENT_METHODS,
+    METHOD_OPTIONS,
+    method_problem,
+    option_problem,
+    pixel_option_problem,
+)
 
 REQUIRED = ("id", "image", "mask", "prompt")
+# A line's option keys (the flags' names) → the editor's keywords: edit()'s for the latent methods, edit_pixels()'s
+# for the others
 OVERRIDES = {"steps": "steps", "guidance": "guidance_scale", "start": "start", "samples": "num_samples",
              "variant": "variant", "sampler": "sampler", "shrink": "shrink", "reconstruction": "reconstruction",
-             "size": "size"}
+             "size": "size", "strength": "strength", "jump-length": "jump_length", "jump-n-sample": "jump_n_sample",
+             "encode-ratio": "encode_ratio", "mask-from": "mask_from"}
+PIXEL_OVERRIDES = {"samples": "num_samples", "skip-timesteps": "skip_timesteps", "respacing": "respacing",
+                   "clip-guidance": "clip_guidance_scale", "range-loss": "range_scale", "views": "num_views",
+                   "ddim": "ddim", "background-loss": "background_loss"}
+FLAG_KEYS = ("shrink", "ddim", "background-loss")   # true or false
 ID_PATTERN = re.compile(r"[A-Za-z0-9_+=@,-][A-Za-z0-9._+=@,-]{0,199}")
 RESERVED_IDS = ("failures.jsonl",)
 
@@ -48,14 +79,17 @@ class ManifestError(ValueError):
 
 @dataclass(frozen=True)
 class Item:
-    """One edit of the manifest: `options` are edit()'s keyword arguments (command line, then the line's)."""
+    """One edit of the manifest: `options` are the keyword arguments (command line, then the line's) of the
+    method's editor: blend.edit for the latent methods, blend.pixel_editor.edit_pixels for the pixel methods.
+    `mask` is None where the mask is estimated ("mask-from") or, for "sdedit", not given."""
     line: int
     id: str
     image: Path
-    mask: Path
+    mask: Path | None
     prompt: str
     seed: int
     options: dict = field(default_factory=dict)
+    method: str = "bld"
 
 
 def default_seed(item_id: str) -> int:
@@ -97,9 +131,11 @@ def output_blocker(path) -> Path | None:
     return None
 
 
-def read_manifest(path, options: dict, model="toy") -> list:
-    """The items of the manifest at `path`, each with `options` (edit()'s keywords) overridden by its line.
+def read_manifest(path, options: dict, model="toy", method: str = "bld") -> list:
+    """The items of the manifest at `path`, each with `options` overridden by its line.
 
+    options: the command line's, as the editors' keywords (edit()'s and edit_pixels()'s); an item keeps those of
+    its method. model: --model, or None for each method's default. method: --method, a line's default.
     Raises ManifestError naming every bad line, or the file, before anything is done.
     """
     path = Path(path)
@@ -112,7 +148,7 @@ def read_manifest(path, options: dict, model="toy") -> list:
         if not text_line.strip():
             continue
         try:
-            item = parse_line(text_line, number, path.parent, options, model)
+            item = parse_line(text_line, number, path.parent, options, model, method)
         except ValueError as error:
             problems.append(f"{path} line {number}: {error}")
             continue
@@ -129,7 +165,7 @@ def read_manifest(path, options: dict, model="toy") -> list:
     return items
 
 
-def parse_line(text: str, number: int, folder: Path, options: dict, model) -> Item:
+def parse_line(text: str, number: int, folder: Path, options: dict, model, method: str = "bld") -> Item:
     """Line `number` of a manifest in `folder` as an Item; ValueError says what is wrong with it."""
     try:
         entry = json.loads(text)
@@ -139,33 +175,71 @@ def parse_line(text: str, number: int, folder: Path, options: dict, model) -> It
     if not isinstance(entry, dict):
         raise ValueError(f"expected a JSON object with the keys {', '.join(REQUIRED)}, found a "
                          f"{type(entry).__name__}")
-    missing = [key for key in REQUIRED if key not in entry]
+    missing = [key for key in REQUIRED if key not in entry and key != "mask"]
     if missing:
         raise ValueError(f"missing {', '.join(repr(key) for key in missing)}; every line needs "
-                         f"{', '.join(REQUIRED)}")
-    unknown = sorted(set(entry) - set(REQUIRED) - {"seed"} - set(OVERRIDES))
+                         f"{', '.join(REQUIRED)} (or \"mask-from\" in place of \"mask\")")
+    options_keys = {**OVERRIDES, **PIXEL_OVERRIDES}
+    unknown = sorted(set(entry) - set(REQUIRED) - {"seed", "method"} - set(options_keys))
     if unknown:
         raise ValueError(f"unknown key(s) {', '.join(repr(key) for key in unknown)}; a line may hold "
-                         f"{', '.join(REQUIRED)}, 'seed' and the options {', '.join(OVERRIDES)} (--model, --rank "
-                         f"and --dtype apply to the whole run)")
-    for key in REQUIRED:
-        if not isinstance(entry[key], str):
+                         f"{', '.join(REQUIRED)}, 'seed', 'method' and the options {', '.join(options_keys)} "
+                         f"(--model, --rank and --dtype apply to the whole run)")
+    for key in (*REQUIRED, "mask-from"):
+        if key in entry and not isinstance(entry[key], str):
             raise ValueError(f'"{key}": expected a string, found {json.dumps(entry[key])}')
     item_id = entry["id"]
     if not ID_PATTERN.fullmatch(item_id) or item_id in RESERVED_IDS:
         raise ValueError(f'"id": {json.dumps(item_id)} cannot name a folder under --out; expected up to 200 letters, '
                          f"digits and . _ - + = @ , not starting with a dot (and not {', '.join(RESERVED_IDS)})")
     for key in ("image", "mask"):
-        if not entry[key].strip():
+        if key in entry and not entry[key].strip():
             raise ValueError(f'"{key}": expected a path to a file, found an empty string')
-    if "shrink" in entry and not isinstance(entry["shrink"], bool):
-        raise ValueError(f'"shrink": expected true or false, found {json.dumps(entry["shrink"])}')
-    merged = dict(options)
-    merged.update({OVERRIDES[key]: value for key, value in entry.items() if key in OVERRIDES})
-    seed = entry.get("seed", default_seed(item_id))
-    checked = {name: value for name, value in merged.items() if name != "shrink"}
-    problem = option_problem(**checked, seed=seed, model=model, manifest=True)
+    for key in FLAG_KEYS:
+        if key in entry and not isinstance(entry[key], bool):
+            raise ValueError(f'"{key}": expected true or false, found {json.dumps(entry[key])}')
+    method = entry.get("method", method)
+    problem = method_problem(method, set(entry), manifest=True)
     if problem:
         raise ValueError(problem)
-    return Item(number, item_id, folder / Path(entry["image"]).expanduser(), folder / Path(entry["mask"]).expanduser(),
-                entry["prompt"], seed, merged)
+    overrides = OVERRIDES if method in LATENT_METHODS else PIXEL_OVERRIDES
+    if isinstance(entry.get("respacing"), int) and not isinstance(entry["respacing"], bool):
+        entry["respacing"] = str(entry["respacing"])   # "respacing": 100 as "100"
+    keys = {keyword: key for key, keyword in overrides.items()}
+
+    def taken(key: str) -> bool:  # an option that every method takes, or one that this line's method takes
+        return key not in METHOD_OPTIONS or method in METHOD_OPTIONS[key][0]
+
+    merged = {name: value for name, value in options.items() if name in keys and taken(keys[name])}
+    merged.update({overrides[key]: value for key, value in entry.items() if key in overrides})
+    seed = entry.get("seed", default_seed(item_id))
+    model = model if model is not None else DEFAULT_MODELS[method]
+    if method in LATENT_METHODS:
+        checked = {name: value for name, value in merged.items() if name != "shrink"}
+        problem = option_problem(**checked, seed=seed, model=model, method=method, manifest=True) \
+            or mask_problem(entry, method, merged.get("mask_from"))
+    else:
+        problem = pixel_option_problem(**merged, method=method, seed=seed, model=model, manifest=True) \
+            or (None if "mask" in entry else "missing 'mask'; every line of a pixel method needs one")
+    if problem:
+        raise ValueError(problem)
+    mask = folder / Path(entry["mask"]).expanduser() if "mask" in entry else None
+    return Item(number, item_id, folder / Path(entry["image"]).expanduser(), mask, entry["prompt"], seed, merged,
+                method)
+
+
+def mask_problem(entry: dict, method: str, mask_from) -> str | None:
+    """Why a latent method's line has the wrong mask fields, or None: "mask" or "mask-from" (the line's, or the
+    command line's --mask-from), not both; "sdedit" may have neither."""
+    if "mask" in entry and mask_from is not None:
+        where = '"mask-from"' if "mask-from" in entry else "the command line's --mask-from"
+        return (f'"mask" and {where} were both given: "mask-from" estimates the mask from the prompt against its '
+                f'reference text, in place of a painted one. Give one of them')
+    if "mask" not in entry and mask_from is None and method != "sdedit":
+        return (f"missing 'mask'; a line of \"method\": {json.dumps(method)} needs \"mask\" (white = edit) or "
+                f'"mask-from" (a reference text, "" for the unconditional model); only "sdedit" runs without one')
+    if mask_from is not None and mask_from.strip() == entry["prompt"].strip():
+        return (f'"mask-from": {json.dumps(mask_from)} is the prompt itself: the mask is where the prompt and the '
+                f'reference text predict different noise, so it would be empty. Give what the region shows now, or '
+                f'"" for the unconditional model')
+    return None

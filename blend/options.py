@@ -32,6 +32,34 @@ and exits with status 2. The ranges:
 
 What needs the network (is a preset's Hub repository reachable, are the files cached?) or the
 weights (does the file hold a model?) is left to the loader.
+
+The methods (`--method`, METHODS): the latent methods (LATENT_METHODS) "bld", Blended Latent Diffusion (the
+default), "sdedit", "repaint", "diffedit" and "inpaint" (blend.editor), and the two pixel-space methods of
+Blended Diffusion (Avrahami et al., CVPR 2022), "blended-diffusion" (its Algorithm 2) and "local-clip" (its
+Algorithm 1, Local CLIP-guided diffusion). Each takes its own options (METHOD_OPTIONS); one given to a method
+that does not take it is refused by `method_problem`, naming the method that does. The latent methods share
+steps, guidance, sampler, rank, size and mask-from; start, variant, shrink, reconstruction and vae are bld's.
+Their own ranges (`option_problem` with `method`):
+
+    strength         sdedit, inpaint: in (0, 1] with ⌊steps·strength⌋ ≥ 1 steps run (None: 0.4 for sdedit,
+                     SDEdit's t0 = 400 of 1000; 1 for inpaint, from pure noise)
+    jump_length      repaint: 1 or more (10); jump_n_sample likewise (10; 1 is no resampling)
+    encode_ratio     diffedit: in (0, 1] with ⌊steps·ratio⌋ ≥ 1 steps inverted (0.8)
+    mask_from        every latent method: a reference text ("" for the unconditional model), with steps ≥ 2
+                     (the mask is estimated at ⌊steps/2⌋'s noise)
+    sampler          sdedit and inpaint: ddim, euler or dpm++2m; diffedit: ddim (it inverts with DDIM)
+    steps            repaint: 1 … 1000, its timesteps i·(T // N) have no offset
+    model            inpaint: an inpainting model (INPAINTING_MODEL_NAMES, or a checkpoint whose UNet takes 9
+                     channels: told once it is loaded, `inpainting_problem`); every other method: not one
+
+The pixel methods' ranges (`pixel_option_problem`):
+
+    skip_timesteps       0 … N − 1 of the N respaced steps (25 of 100 by default: 75 run)
+    respacing            GD's section string, "100" (default), "ddim50" or "10,20", of the 1000 training steps
+    clip_guidance_scale  finite, at least 0 (1000 by default); range_scale likewise (50)
+    num_views            1 or more (8: one plain view and seven warped)
+    background_loss      local-clip only (LPIPS·1000 + MSE·10000 outside the mask)
+    model                adm-256-uncond (default), toy, or a .pt / .pth / .safetensors file of ADM's weights
 """
 import json
 import math
@@ -44,22 +72,108 @@ import torch
 
 from clip import CLIP_NAMES
 from samplers import DDIMSampler, DPMSolverSampler, EulerSampler, ddim_timesteps
+from samplers.gaussian_diffusion import space_timesteps
 from weights import MODEL_NAMES, spec_of
 from weights.load import VAE_FILES
 from weights.pickle_checkpoint import PICKLE_SUFFIXES
 
 from .algorithm import VARIANT_SAMPLERS, VARIANTS
+from .inpaint import DEFAULT_STRENGTH as INPAINT_STRENGTH
+from .inpaint import INPAINTING_PRESETS
 from .reconstruction import MODES
+from .sdedit import DEFAULT_STRENGTH as SDEDIT_STRENGTH
 
 NUM_TRAIN_TIMESTEPS = 1000      # every model here: SD 1.x/2.x, tiny and the toy
 PUBLISHED_STEPS_OFFSET = 1      # the published SD scheduler configs; the official SD2 script uses 0
 CHECKPOINT_SIZE_MULTIPLE = 64   # SD 1.x/2.x: the autoencoder divides by 8, then the UNet by 8
 LARGE_SIZE = 2048
 DEVICE_TYPES = ("cpu", "cuda", "mps", "xpu")
-CLI_FLAGS = {"num_samples": "--samples", "guidance_scale": "--guidance"}
+CLI_FLAGS = {"num_samples": "--samples", "guidance_scale": "--guidance", "clip_guidance_scale": "--clip-guidance",
+             "range_scale": "--range-loss", "num_views": "--views"}
 MODEL_FILE_SUFFIXES = (".safetensors", *PICKLE_SUFFIXES)
 # --sampler's names: line 5 of Algorithm 1 as DDIM (η = 0), Karras' Euler, or DPM-Solver++(2M)
 SAMPLERS = {"ddim": DDIMSampler, "euler": EulerSampler, "dpm++2m": DPMSolverSampler}
+# The --sampler names each of the new latent methods runs, its own first (bld's depend on its variant: samplers_of;
+# RePaint takes none: its jump schedule has its own DDIM steps and undo steps; DiffEdit inverts with DDIM)
+METHOD_SAMPLERS = {"sdedit": tuple(SAMPLERS), "diffedit": ("ddim",), "inpaint": tuple(SAMPLERS)}
+# The latent methods run on the latent models (SD, the LDM, the toy) and share their options (steps, guidance, sampler,
+# rank, size, --mask-from); the pixel methods run on a pixel model (OpenAI's ADM, the toy).
+LATENT_METHODS = ("bld", "sdedit", "repaint", "diffedit", "inpaint")
+PIXEL_METHODS = ("blended-diffusion", "local-clip")
+METHODS = (*LATENT_METHODS, *PIXEL_METHODS)
+INPAINTING_MODEL_NAMES = INPAINTING_PRESETS   # 9-channel UNets: --method inpaint's
+DEFAULT_MODELS = {"bld": "sd-2.1-base", "sdedit": "sd-2.1-base", "repaint": "sd-2.1-base", "diffedit": "sd-2.1-base",
+                  "inpaint": "sd-2-inpainting", "blended-diffusion": "adm-256-uncond", "local-clip": "adm-256-uncond"}
+PIXEL_MODEL_NAMES = ("adm-256-uncond", "toy")   # the toy, last, serves every method but inpaint
+PIXEL_MODEL_SUFFIXES = (".pt", ".pth", ".safetensors")
+# Each method's own defaults, where the methods differ: SDEdit's strength t0 (blend.sdedit.DEFAULT_STRENGTH) and
+# the inpainting pipelines' strength 1 (from pure noise: the network sees the masked image itself).
+DEFAULT_STRENGTH = {"sdedit": SDEDIT_STRENGTH, "inpaint": INPAINT_STRENGTH}
+_ELSEWHERE = {"blended-diffusion": "{method} skips whole respaced steps: see {skip-timesteps}",
+              "local-clip": "{method} skips whole respaced steps: see {skip-timesteps}",
+              "bld": "{method} skips a fraction of its steps: see {start}",
+              "sdedit": "{method} noises the source part way: see {strength}",
+              "inpaint": "{method} noises the source part way: see {strength}",
+              "repaint": "{method} starts from pure noise and runs every step",
+              "diffedit": "{method} inverts the source with DDIM part way: see {encode-ratio}"}
+# The options that only some methods take, by their flag's name: (the methods that take it, what it is, what a
+# method that does not take it does instead: one sentence, or one per method, "*" for the rest). In the last,
+# {method} is the method chosen and {name} a flag, spelled as the caller spells flags. Every other option (image,
+# mask, prompt, model, samples, seed, device, dtype, out, allow-pickle) serves every method.
+METHOD_OPTIONS = {
+    "steps": (LATENT_METHODS, "the sampler's steps",
+              "{method} runs the pixel model's respaced schedule: see {respacing} and {skip-timesteps}"),
+    "guidance": (LATENT_METHODS, "classifier-free guidance", "{method} is steered by CLIP: see {clip-guidance}"),
+    "start": (("bld",), "the fraction of the steps skipped", _ELSEWHERE),
+    "variant": (("bld",), "Algorithm 1 as the paper intends it, or an official script's loop",
+                {"*": "{method} runs its own paper's loop",
+                 "blended-diffusion": "{method} runs the official Blended Diffusion script's loop",
+                 "local-clip": "{method} runs the official Blended Diffusion script's loop"}),
+    "sampler": (("bld", "sdedit", "diffedit", "inpaint"), "line 5's solver",
+                {"*": "{method} takes DDPM steps, or DDIM steps with {ddim}",
+                 "repaint": "{method} runs its jump schedule with DDIM steps (η = 0) and undo steps"}),
+    "shrink": (("bld",), "progressive mask shrinking, §4.3",
+               {"*": "{method} works with the mask itself", "sdedit": "{method} uses no mask"}),
+    "reconstruction": (("bld",), "background reconstruction, §4.2",
+                       {"*": "{method} decodes the whole latent, as its paper",
+                        "blended-diffusion": "{method} works in pixels and pastes the source's background itself",
+                        "local-clip": "{method} keeps the background only through {background-loss}"}),
+    "vae": (("bld",), "a replacement autoencoder",
+            {"*": "{method} decodes with the model's own autoencoder",
+             "blended-diffusion": "{method} works in pixels, with no autoencoder",
+             "local-clip": "{method} works in pixels, with no autoencoder"}),
+    "rank": (LATENT_METHODS, "ranking by CLIP, §4.4",
+             "{method} always ranks its results, best first, by its own CLIP distance (ranking.txt)"),
+    "size": (LATENT_METHODS, "the working size",
+             "{method} works at its model's own size: 256x256 for adm-256-uncond, as the official script"),
+    "strength": (("sdedit", "inpaint"), "how far the source is noised: the fraction t0 of the steps run",
+                 _ELSEWHERE),
+    "jump-length": (("repaint",), "the steps of each jump back, RePaint's resampling", "{method} does not resample"),
+    "jump-n-sample": (("repaint",), "how many times each stretch is sampled, RePaint's r",
+                      "{method} does not resample"),
+    "encode-ratio": (("diffedit",), "the fraction of the steps inverted with DDIM", _ELSEWHERE),
+    "mask-from": (LATENT_METHODS, "a mask estimated from the prompt against a reference text, DiffEdit's step 1",
+                  "{method}'s pixel model is unconditional and cannot compare two texts: paint the mask, or use "
+                  "the mask-from.png that a latent method's run with {mask-from} writes"),
+    "skip-timesteps": (PIXEL_METHODS, "the respaced steps skipped", _ELSEWHERE),
+    "respacing": (PIXEL_METHODS, "the pixel model's respaced schedule", "{method} chooses its steps with {steps}"),
+    "clip-guidance": (PIXEL_METHODS, "the CLIP guidance scale",
+                      "{method} is steered by classifier-free guidance: see {guidance}"),
+    "range-loss": (PIXEL_METHODS, "the weight of the range loss on x̂0, beside the CLIP loss",
+                   "{method} has no CLIP loss"),
+    "views": (PIXEL_METHODS, "the CLIP loss's views, one plain and the others warped", "{method} has no CLIP loss"),
+    "ddim": (PIXEL_METHODS, "DDIM steps instead of DDPM steps",
+             {"*": "{method} chooses its solver with {sampler}",
+              "repaint": "{method} runs its jump schedule with DDIM steps"}),
+    "background-loss": (("local-clip",), "LPIPS·1000 + MSE·10000 outside the mask",
+                        {"bld": "{method} keeps the background by blending: see {reconstruction} for §4.2",
+                         "blended-diffusion": "{method} replaces the background at every step, so it needs no loss "
+                                              "there",
+                         "repaint": "{method} replaces the known region at every step, so it needs no loss there",
+                         "diffedit": "{method} replaces the background with its DDIM-inverted latents at every step",
+                         "inpaint": "{method}'s network sees the masked image and keeps the background itself",
+                         "sdedit": "{method} regenerates the whole image from the noised source"}),
+}
 OFFICIAL_LOOPS = {"official": "the official SD 2 script's loop with its DDIM scheduler",
                   "official-ldm": "the official LDM script's loop with CompVis's DDIM",
                   "official-sdxl": "the official SDXL script's loop with its Euler scheduler"}
@@ -75,25 +189,137 @@ def default_sampler(variant: str) -> str:
     return samplers_of(variant)[0]
 
 
-def option_problem(*, steps=50, start=0.25, guidance_scale=None, num_samples=1, seed=42, size=None, device=None,
-                   variant="paper", reconstruction="none", model="toy", rank=None, cli=False,
-                   manifest=False, vae=None, sampler=None) -> str | None:
-    """The first option out of its range, as one sentence naming the option as the caller spelled it."""
-    def named(option: str, value) -> str:  # "--steps 1001" for the CLI, "steps=1001" for Python
+def _namer(cli: bool, manifest: bool):
+    """named(option, value): "--steps 1001" for the CLI, '"steps": 1001' for a manifest line of python -m
+    blend.batch (its keys are the flags' names), "steps=1001" for Python."""
+    def named(option: str, value) -> str:
         flag = CLI_FLAGS.get(option, '--' + option.replace('_', '-'))
-        if manifest:  # a manifest line of python -m blend.batch: its keys are the flags' names
+        if manifest:
             return f"{json.dumps(flag[2:])}: {json.dumps(value, default=str)}"
         if cli:
             return f"{flag} {value}"
         return f"{option}={value!r}"
+    return named
 
+
+def method_problem(method, given, *, cli: bool = False, manifest: bool = False, python: bool = False) -> str | None:
+    """Why `method` cannot be run with the options `given` (their flags' names, e.g. {"guidance"}), or None.
+
+    An option that the method does not take is refused, naming the method that takes it (METHOD_OPTIONS):
+    "--guidance is an option of --method bld (classifier-free guidance); blended-diffusion is steered by CLIP:
+    see --clip-guidance". Flags are spelled as the command line's, a manifest's ("guidance") or, with python=True,
+    as blend.edit's keywords ("guidance_scale is an option of method='bld' (…)").
+    """
+    named = _namer(cli, manifest)
+    if method not in METHODS:
+        return f"{named('method', method)}: expected one of {', '.join(METHODS)}"
+    keywords = {flag[2:]: option for option, flag in CLI_FLAGS.items()}
+
+    def flag(name: str) -> str:
+        if python:
+            return keywords.get(name, name.replace("-", "_"))
+        return json.dumps(name) if manifest else f"--{name}"
+
+    for option, (methods, what, instead) in METHOD_OPTIONS.items():
+        if option in given and method not in methods:
+            names = [json.dumps(name) if manifest else repr(name) if python else name for name in methods]
+            takes = f"{flag('method')}{':' if manifest else '=' if python else ''} " + either(names)
+            if python:
+                takes = takes.replace("= ", "=")
+            instead = instead.get(method, instead.get("*")) if isinstance(instead, dict) else instead
+            return (f"{flag(option)} is an option of {takes} ({what}); "
+                    + instead.format(method=method, **{name: flag(name) for name in METHOD_OPTIONS}))
+    return None
+
+
+def either(names: list) -> str:
+    """"a", "a or b", "a, b or c"."""
+    return " or ".join(names) if len(names) < 3 else f"{', '.join(names[:-1])} or {names[-1]}"
+
+
+def pixel_model_problem(model, *, cli: bool = False, manifest: bool = False) -> str | None:
+    """Why `model` cannot serve the pixel methods, or None: a pixel model name or an ADM weights file is expected.
+    (A manifest names no model: there, --model is the command line's.)"""
+    named = _namer(cli or manifest, False)
+    if not isinstance(model, (str, Path)) or (isinstance(model, str) and model in PIXEL_MODEL_NAMES):
+        return None  # a name it runs, or components already loaded
+    method = "--method" if cli or manifest else "method="
+    if isinstance(model, str) and model in MODEL_NAMES:
+        return (f"{named('model', model)}: a latent diffusion model, which {method} bld runs; Blended Diffusion "
+                f"runs a pixel diffusion model: adm-256-uncond (OpenAI's 256x256 unconditional ADM, the official "
+                f"script's; the default), toy (offline) or a {'/'.join(PIXEL_MODEL_SUFFIXES)} file of ADM's weights")
+    problem = path_problem(model, "file", suffixes=PIXEL_MODEL_SUFFIXES) if str(model).strip() else "it is empty"
+    if problem:
+        return (f"{named('model', str(model))}: neither a pixel model name ({', '.join(PIXEL_MODEL_NAMES)}) nor a "
+                f"readable {'/'.join(PIXEL_MODEL_SUFFIXES)} file of ADM's weights ({problem})")
+    return None
+
+
+def pixel_option_problem(*, method="blended-diffusion", model="adm-256-uncond", num_samples=4, seed=42,
+                         skip_timesteps=25, respacing="100", clip_guidance_scale=1000.0, range_scale=50.0,
+                         num_views=8, background_loss=False, ddim=False, device=None, cli=False,
+                         manifest=False) -> str | None:
+    """The first option of a pixel method out of its range (module docstring), as one sentence, or None."""
+    named = _namer(cli, manifest)
+    if method not in PIXEL_METHODS:
+        return f"{named('method', method)}: expected one of {', '.join(PIXEL_METHODS)}"
+    for option, value, low in (("num_samples", num_samples, 1), ("seed", seed, 0), ("num_views", num_views, 1),
+                               ("skip_timesteps", skip_timesteps, 0)):
+        problem = _whole_number_problem(named, option, value, low)
+        if problem:
+            return problem
+    try:
+        num_steps = len(space_timesteps(NUM_TRAIN_TIMESTEPS, respacing))
+    except (ValueError, TypeError, AttributeError) as error:
+        num_steps, reason = 0, str(error)
+    else:
+        reason = "no step"
+    if num_steps == 0:
+        return (f"{named('respacing', respacing)}: expected how many of the {NUM_TRAIN_TIMESTEPS} training steps "
+                f"to keep, in GD's notation: 100 (the official script's), ddim50 or 10,20 ({reason})")
+    if skip_timesteps >= num_steps:
+        return (f"{named('skip_timesteps', skip_timesteps)}: expected fewer than the {num_steps} steps of "
+                f"{named('respacing', respacing)}, so that at least one runs (the official script skips 25 of 100)")
+    for option, value in (("clip_guidance_scale", clip_guidance_scale), ("range_scale", range_scale)):
+        if not _is_real(value) or not math.isfinite(value) or value < 0:
+            return f"{named(option, value)}: expected a loss weight, a finite number of at least 0 (0 turns it off)"
+    for option, value in (("background_loss", background_loss), ("ddim", ddim)):
+        if not isinstance(value, bool):
+            return f"{named(option, value)}: expected {'true or false' if manifest else 'True or False'}"
+    if background_loss and method != "local-clip":
+        return method_problem(method, {"background-loss"}, cli=cli, manifest=manifest)
+    problem = device_problem(device, instead="--device cpu" if cli else "device='cpu'")
+    if problem:
+        return f"{named('device', device)}: {problem}"
+    return pixel_model_problem(model, cli=cli, manifest=manifest)
+
+
+def option_problem(*, steps=50, start=0.25, guidance_scale=None, num_samples=1, seed=42, size=None, device=None,
+                   variant="paper", reconstruction="none", model="toy", rank=None, cli=False,
+                   manifest=False, vae=None, sampler=None, method="bld", strength=None, jump_length=10,
+                   jump_n_sample=10, encode_ratio=0.8, mask_from=None) -> str | None:
+    """The first option of a latent method out of its range, as one sentence naming the option as the caller
+    spelled it. (Which options a method takes at all is `method_problem`'s: give the others their defaults.)"""
+    named = _namer(cli, manifest)
+    if method not in LATENT_METHODS:
+        return (f"{named('method', method)}: expected one of the latent methods {', '.join(LATENT_METHODS)} "
+                f"(the pixel methods' options are checked by pixel_option_problem)")
     if variant not in VARIANTS:
         return f"{named('variant', variant)}: expected one of {', '.join(VARIANTS)}"
+    if isinstance(model, str) and model in PIXEL_MODEL_NAMES and model != "toy":
+        return (f"{named('model', model)}: a pixel diffusion model (OpenAI's ADM), which Blended Diffusion runs "
+                f"({'--method blended-diffusion or local-clip' if cli or manifest else 'blend.pixel_editor'}); "
+                f"{'Blended Latent Diffusion' if method == 'bld' else method} runs a latent model: "
+                f"{', '.join(name for name in MODEL_NAMES if name not in PIXEL_MODEL_NAMES[:-1])}, a .safetensors "
+                f"file or a diffusers folder")
     if reconstruction not in MODES:
         return f"{named('reconstruction', reconstruction)}: reconstruction must be one of {MODES}"
     if sampler is not None and (not isinstance(sampler, str) or sampler not in SAMPLERS):
         return f"{named('sampler', sampler)}: expected one of {', '.join(SAMPLERS)}"
-    if sampler is not None and sampler not in samplers_of(variant):
+    if sampler is not None and method != "bld" and sampler not in METHOD_SAMPLERS.get(method, ()):
+        return (f"{named('sampler', sampler)}: {method} runs {either(list(METHOD_SAMPLERS.get(method, ())))} only "
+                f"(DiffEdit inverts and decodes with DDIM, as its paper); leave it out")
+    if sampler is not None and method == "bld" and sampler not in samplers_of(variant):
         own = samplers_of(variant)[0]
         return (f"{named('sampler', sampler)}: {named('variant', variant)} reproduces {OFFICIAL_LOOPS[variant]} and "
                 f"runs only {named('sampler', own)}; choose {named('sampler', own)}, or "
@@ -108,25 +334,20 @@ def option_problem(*, steps=50, start=0.25, guidance_scale=None, num_samples=1, 
             return (f"{named('vae', vae)}: {problem}; expected 'fp16-fix' (madebyollin/sdxl-vae-fp16-fix) or a "
                     f"diffusers vae/ folder ({' + '.join(VAE_FILES)})")
     for option, value, low in (("steps", steps, 1), ("num_samples", num_samples, 1), ("seed", seed, 0)):
-        if not _is_integer(value):
-            return f"{named(option, value)}: expected a whole number"
-        if value < low:
-            return f"{named(option, value)}: expected at least {low}" + (
-                f" (torch would silently run seed {value} as 2**64 - {-value}); use a seed in 0 … 2**64 - 1"
-                if option == "seed" else "")
-    if seed > 2**64 - 1:
-        return (f"{named('seed', seed)}: expected at most 2**64 - 1 = {2**64 - 1}, the largest seed "
-                f"torch.Generator takes")
-    offset = 0 if variant == "official" else _steps_offset(model)
+        problem = _whole_number_problem(named, option, value, low)
+        if problem:
+            return problem
+    offset = 0 if variant == "official" or method == "repaint" else _steps_offset(model)  # RePaint's: i·(T // N)
+    spacing = "leading" if method == "repaint" else _spec_value(model, "timestep_spacing", "leading")
     try:
-        ddim_timesteps(NUM_TRAIN_TIMESTEPS, steps, _spec_value(model, "timestep_spacing", "leading"), offset)
+        ddim_timesteps(NUM_TRAIN_TIMESTEPS, steps, spacing, offset)
     except ValueError as error:
         allowed = NUM_TRAIN_TIMESTEPS - (1 if offset else 0)
-        if _spec_value(model, "timestep_spacing", "leading") == "uniform":  # CompVis's: T // S must be at least 2
+        if spacing == "uniform":  # CompVis's: T // S must be at least 2
             allowed = NUM_TRAIN_TIMESTEPS // 2
         official = "--variant official" if cli else "variant='official'"
         return (f"{named('steps', steps)}: expected 1 … {allowed} steps with timestep offset {offset} ({error})"
-                + (f"; {official} (offset 0) allows {NUM_TRAIN_TIMESTEPS}" if offset else ""))
+                + (f"; {official} (offset 0) allows {NUM_TRAIN_TIMESTEPS}" if offset and method == "bld" else ""))
     if not _is_real(start) or not math.isfinite(start) or not 0 <= start < 1:
         return (f"{named('start', start)}: expected the fraction of the {steps} steps to skip, a number in "
                 f"[0, 1) (0.25 skips a quarter)")
@@ -160,6 +381,78 @@ def option_problem(*, steps=50, start=0.25, guidance_scale=None, num_samples=1, 
             return (f"{named('rank', rank)}: neither a CLIP model name ({', '.join(CLIP_NAMES)}) nor a readable "
                     f".safetensors file: {problem}; give one of those names or a transformers CLIPModel "
                     f"model.safetensors")
+    return (method_range_problem(method, steps, strength, jump_length, jump_n_sample, encode_ratio, mask_from, named)
+            or inpainting_problem(method, model, cli=cli, manifest=manifest))
+
+
+def method_range_problem(method, steps, strength, jump_length, jump_n_sample, encode_ratio, mask_from,
+                         named) -> str | None:
+    """The new latent methods' own options out of range (module docstring), or None."""
+    fractions = [("strength", strength, "the fraction t0 of the steps run from the noised source (SDEdit's "
+                  "t0; 1 starts from pure noise)")] if strength is not None else []
+    if method == "diffedit":
+        fractions.append(("encode_ratio", encode_ratio, "the fraction of the steps inverted with DDIM (DiffEdit's r)"))
+    for option, value, what in fractions:
+        if not _is_real(value) or not math.isfinite(value) or not 0 < value <= 1 or int(steps * value) < 1:
+            return (f"{named(option, value)}: expected {what}, a number in (0, 1] that runs at least one of the "
+                    f"{named('steps', steps)}: at least {1 / steps:.3g}")
+    for option, value in (("jump_length", jump_length), ("jump_n_sample", jump_n_sample)):
+        problem = _whole_number_problem(named, option, value, 1)
+        if problem:
+            return problem + (" (1 samples each stretch once: no resampling)" if option == "jump_n_sample" else "")
+    if mask_from is not None and not isinstance(mask_from, str):
+        return f"{named('mask_from', mask_from)}: expected a reference text (\"\" for the unconditional model)"
+    if mask_from is not None and steps < 2:
+        return (f"{named('steps', steps)}: {named('mask_from', mask_from)} estimates the mask at half the steps' "
+                f"noise (DiffEdit's strength 50 %), which needs at least 2 steps")
+    return None
+
+
+def inpainting_problem(method, model, *, cli: bool = False, manifest: bool = False, shown=None) -> str | None:
+    """Why `model` cannot run `method` for being (or not being) an inpainting model, or None where the name cannot
+    tell: a checkpoint file or folder is checked once loaded (`blend.editor`), loaded components at once. `shown`:
+    how to name loaded components (the command line's --model), else their spec's name."""
+    named = _namer(cli, manifest)
+    if isinstance(model, str) and model in MODEL_NAMES:
+        inpainting, shown = model in INPAINTING_MODEL_NAMES, model
+    elif not isinstance(model, (str, Path)):
+        inpainting = is_inpainting_model(model)
+        shown = shown or getattr(getattr(model, "spec", None), "name", "the given")
+    else:
+        return None
+
+    def run(name: str) -> str:
+        return f"--method {name}" if cli else f'"method": "{name}"' if manifest else f"method={name!r}"
+    if method == "inpaint" and not inpainting:
+        return (f"{named('model', shown)}: {run('inpaint')} needs an inpainting model, whose UNet takes the mask and "
+                f"the masked image's latent as 5 more input channels (9 in all); {shown} is a text-to-image model"
+                + (" (the toy has no extra input channels)" if shown == "toy" else "")
+                + f". Use {either(list(INPAINTING_MODEL_NAMES))} or such a checkpoint, or another method (bld, "
+                  f"sdedit, repaint, diffedit) with {shown}")
+    if method != "inpaint" and inpainting:
+        return (f"{named('model', shown)}: an inpainting model (its UNet takes the mask and the masked image as 5 "
+                f"more input channels), which only {run('inpaint')} runs; {method} runs a text-to-image model "
+                f"({DEFAULT_MODELS[method]} by default). Use {run('inpaint')}, or a text-to-image model")
+    return None
+
+
+def is_inpainting_model(components) -> bool:
+    """Whether loaded components hold an inpainting UNet: more input channels than it predicts (9 against 4)."""
+    config = getattr(components.unet, "config", None)
+    return getattr(config, "in_channels", None) is not None and config.in_channels != config.out_channels
+
+
+def _whole_number_problem(named, option: str, value, low: int) -> str | None:
+    """Why `value` is not a whole number of at least `low` (a seed also at most 2**64 − 1), or None."""
+    if not _is_integer(value):
+        return f"{named(option, value)}: expected a whole number"
+    if value < low:
+        return f"{named(option, value)}: expected at least {low}" + (
+            f" (torch would silently run seed {value} as 2**64 - {-value}); use a seed in 0 … 2**64 - 1"
+            if option == "seed" else "")
+    if option == "seed" and value > 2**64 - 1:
+        return (f"{named('seed', value)}: expected at most 2**64 - 1 = {2**64 - 1}, the largest seed "
+                f"torch.Generator takes")
     return None
 
 

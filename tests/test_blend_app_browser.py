@@ -202,3 +202,45 @@ def test_brush_size_undo_eraser_and_clear_change_the_mask_the_page_sends(server,
         assert (painted_mask(driver) == erased).all()             # Ctrl+Z is undo
     finally:
         driver.quit()
+
+
+def test_mask_from_prompt_fills_the_brush_layer_with_the_estimated_mask_which_the_brush_then_refines(server, tmp_path):
+    """The button POSTs the photograph, the prompt and the reference text to /api/mask-from; the brush layer then
+    holds exactly the mask blend.editor.mask_from_prompt estimates (the toy at the photograph's own 128x96, the
+    page's seed and steps); Undo brings the painted mask back, and a stroke after it adds to the estimate."""
+    from selenium.webdriver.common.by import By
+
+    from blend.editor import mask_from_prompt
+
+    Image.open(EXAMPLE_IMAGE).convert("RGB").resize((128, 96), Image.LANCZOS).save(tmp_path / "photo.png")
+    expected = mask_from_prompt(tmp_path / "photo.png", "a cat", "coffee", model=server.components, steps=10,
+                                seed=7) > 0.5
+    driver = chrome_driver()
+    try:
+        driver.get(server.url)
+        wait_until(driver, "return document.body.dataset.ready", "start")
+        driver.find_element(By.ID, "photo-file").send_keys(str(tmp_path / "photo.png"))
+        wait_until(driver, "return document.body.dataset.photo === '128x96'", "show the uploaded photo")
+        canvas = driver.find_element(By.ID, "mask")
+        paint(driver, canvas, 0.4, -0.45, -0.3, brush=10)             # a stroke before: Undo brings it back
+        before = painted_mask(driver)
+        driver.execute_script("""
+            const form = document.getElementById('options');
+            form.elements.prompt.value = 'a cat'; form.elements.steps.value = 10; form.elements.seed.value = 7;""")
+        driver.find_element(By.ID, "reference").send_keys("coffee")
+        driver.find_element(By.ID, "mask-from").click()
+        state = wait_until(driver, "const s = document.body.dataset.maskFrom; return ['done', 'failed'].includes(s) "
+                                   "&& s", "estimate the mask")
+        assert state == "done", driver.find_element(By.ID, "error").text
+        filled = painted_mask(driver)
+        paint(driver, canvas, -0.4, -0.45, 0.45, brush=10)            # refined: a stroke across the top
+        refined = painted_mask(driver)
+        driver.find_element(By.ID, "undo").click()
+        driver.find_element(By.ID, "undo").click()
+        undone = painted_mask(driver)
+    finally:
+        driver.quit()
+    assert filled.shape == (96, 128) and filled.any() and not filled.all()
+    assert (filled == expected).all()                                 # the brush layer is the returned mask
+    assert (refined >= filled).all() and (refined & ~filled).any()    # the brush adds to it
+    assert (undone == before).all()                                   # the fill is one undoable step

@@ -14,7 +14,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = ROOT / "notebooks"
 EXPECTED = ["01_forward_diffusion.ipynb", "02_ddim.ipynb", "03_guidance_and_text.ipynb", "04_autoencoder.ipynb",
-            "05_algorithm_1.ipynb"]
+            "05_algorithm_1.ipynb", "06_blended_diffusion.ipynb"]
 CELL_TIMEOUT_S = 600        # per cell; each notebook takes well under 3 minutes on two CPU cores
 ALL = sorted(path.name for path in NOTEBOOKS.glob("*.ipynb"))
 ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
@@ -25,7 +25,7 @@ def read(name: str):
     return nbformat.read(NOTEBOOKS / name, as_version=4)
 
 
-def test_the_five_walkthrough_notebooks_are_there():
+def test_the_six_walkthrough_notebooks_are_there():
     missing = [name for name in EXPECTED if name not in ALL]
     assert not missing, f"notebooks/ lacks {missing}; it has {ALL}"
 

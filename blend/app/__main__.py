@@ -1,5 +1,11 @@
 """python -m blend.app [--model toy|sd-2.1-base|…] [--host 127.0.0.1] [--port 7860]: serve the paint-and-edit page.
 
+The page's method select runs the latent methods on --model: Blended Latent Diffusion (bld), sdedit,
+repaint and diffedit on a text-to-image model, inpaint on an inpainting model (sd-2-inpainting,
+sd-1.5-inpainting), each model serving only its own; and Blended Diffusion's two pixel methods
+(blended-diffusion, local-clip) on adm-256-uncond (on the toy when --model is toy), which is loaded when
+the first job asks for it. Its "Mask from prompt" button paints the mask estimated from the prompt against
+a reference text (DiffEdit's step 1) on --model, for every method.
 It loads the model once, then serves http://HOST:PORT/ until Ctrl-C (or SIGTERM, or SIGHUP), which stops
 the worker after the running job's current step (that job's unfinished folder is removed) and closes the
 server. --out is checked before the model loads: it must be a folder, or one that can be made, that can be
@@ -21,8 +27,8 @@ import torch
 from weights.pickle_checkpoint import is_pickle_checkpoint
 
 from ..cli import DTYPE_NAMES, cannot_load_message, pickle_refusal_message
-from ..editor import load_model
-from ..options import option_problem
+from ..editor import latent_method_of, load_model
+from ..options import PIXEL_MODEL_NAMES, option_problem
 from .server import EditServer, is_loopback
 
 
@@ -30,8 +36,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m blend.app", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="sd-2.1-base",
-                        help="as python -m blend: sd-2.1-base (default), sd-1.5, sd-2.1, a .safetensors file, a "
-                             "diffusers folder, toy (offline, exact, seconds) or tiny (random weights)")
+                        help="as python -m blend --method bld: sd-2.1-base (default), sd-1.5, sd-2.1, a "
+                             ".safetensors file, a diffusers folder, toy (offline, exact, seconds; it serves the pixel "
+                             "methods too) or tiny (random weights); or an inpainting model for --method inpaint "
+                             "(sd-2-inpainting, sd-1.5-inpainting or such a checkpoint)")
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to listen on (default 127.0.0.1: this machine only)")
     parser.add_argument("--port", type=int, default=7860, help="port (default 7860; 0 picks a free one)")
@@ -61,7 +69,12 @@ def serve(args: argparse.Namespace) -> int:
         print(f"warning: listening on {args.host}, not a loopback address: anyone who can reach this machine on "
               f"port {args.port} can run edits and read every result. Use --host 127.0.0.1 to keep it local.",
               file=sys.stderr)
-    problem = option_problem(model=args.model, device=args.device, cli=True)  # the CLI's checks and words
+    problem = option_problem(model=args.model, device=args.device, cli=True,  # the CLI's checks and words
+                             method=latent_method_of(args.model))         # an inpainting model serves inpaint
+    if args.model in PIXEL_MODEL_NAMES and args.model != "toy":
+        problem = (f"--model {args.model}: blend.app loads a latent model for --method bld, and runs the pixel "
+                   f"methods of the form on {args.model} itself, loaded when the first job asks for it; give a "
+                   f"latent model (sd-2.1-base, the default, …) or toy, which serves every method")
     if problem is None and not 0 <= args.port <= 65535:
         problem = f"--port {args.port}: expected a port number in 0 … 65535 (0 picks a free one)"
     problem = problem or out_problem(args.out) or listen_problem(args.host, args.port)

@@ -3,17 +3,37 @@
 Fields (the option fields are named as `python -m blend`'s long options and take the same values):
 
     image                                   file, the photograph (any format Pillow reads); required
-    mask                                    file, white = edit (blend.images' rules); required
+    mask                                    file, white = edit (blend.images' rules); required, but for sdedit
+                                            (absent: the whole photograph, which SDEdit regenerates)
     prompt                                  text; required
-    steps samples guidance start seed size  numbers; empty or absent: the CLI's default
-    variant reconstruction                  one of the CLI's choices
-    sampler                                 ddim, euler or dpm++2m; empty or absent: the variant's own
-    shrink                                  on/off (true/false, 1/0); absent: off
+    method                                  bld, sdedit, repaint, diffedit, inpaint, blended-diffusion or
+                                            local-clip; empty or absent: bld
+    samples seed                            numbers; empty or absent: the CLI's default
+  for the latent methods (bld, sdedit, repaint, diffedit, inpaint):
+    steps guidance size                     numbers; empty or absent: the CLI's default
+    sampler                                 ddim, euler or dpm++2m; empty or absent: the method's own
     rank                                    a CLIP name (ViT-B/16, …); empty or absent: no ranking
+  for bld:
+    start                                   a number; empty or absent: the CLI's default
+    variant reconstruction                  one of the CLI's choices; empty or absent: the CLI's default
+    shrink                                  on/off (true/false, 1/0); absent: off
+  for sdedit and inpaint: strength; for repaint: jump-length jump-n-sample; for diffedit: encode-ratio
+  for blended-diffusion and local-clip:
+    skip-timesteps respacing clip-guidance range-loss views    empty or absent: the CLI's default
+    ddim, background-loss (local-clip)      on/off; absent: off
 
+A field is given when it is not empty (a checkbox: when on); a field given for a method that does not
+take it is refused as the CLI refuses the option, so a page sends only the chosen method's fields.
 The values are checked by the CLI's own checks (blend.cli.option_refusal, then blend.images'
 read_image and read_mask, then the model's tokenizer), so a refusal is the sentence the CLI prints
-after "error: ". The server's model, device and dtype are set when it starts and are not fields.
+after "error: ". The server's model, device and dtype are set when it starts and are not fields; the
+pixel methods run `pixel_model_name(model)`: the toy for the toy, else adm-256-uncond, which the
+server loads when the first job asks for it. An inpainting model serves inpaint alone; every other latent
+model serves the four others (`model_methods`).
+
+POST /api/mask-from's form (`mask_from_request`): image, prompt, reference (what the region shows now; empty:
+the unconditional model), and optionally seed, steps, guidance and size, checked as the CLI checks them; the
+server answers blend.editor.mask_from_prompt's mask as a PNG.
 Beyond the CLI's checks, a form is refused when its prompt is empty, when rank is not one of the CLIP
 names (a form names no file on the server), and when the job would not fit in memory:
 
@@ -23,7 +43,9 @@ names (a form names no file on the server), and when the job would not fit in me
                                   when the request arrives (available_memory; a CUDA device's part
                                   against that GPU's free memory)
 
-The estimate is per pixel, from the float32 CPU peaks of benchmarks/README.md and of the toy model
+For the pixel methods the estimate is the photograph's part only: their working image is the model's
+(256x256 for ADM), and the peak of a forward and a backward pass through it is not estimated here.
+For bld the estimate is per pixel, from the float32 CPU peaks of benchmarks/README.md and of the toy model
 on a 6000x4000 photograph: at the photograph's size, 16 bytes (its copies, the float32 mask) plus 8
 per sample (each result), plus 64 for reconstruction "pixel" (float32 copies); at the working size,
 3300 bytes (one SD 512x512 decode peaks at 804 MiB) plus 600 per sample (the guided UNet batch, the
@@ -46,23 +68,36 @@ import threading
 import warnings
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
 from clip import CLIP_NAMES
 
 from ..cli import option_refusal, parse_args, result_bytes
-from ..editor import working_size
+from ..editor import latent_method_of, working_size
 from ..errors import EditInputError
 from ..images import read_image, read_mask
-from ..options import warn_if_large
+from ..options import (
+    DEFAULT_MODELS,
+    LATENT_METHODS,
+    METHODS,
+    inpainting_problem,
+    is_inpainting_model,
+    option_problem,
+    warn_if_large,
+)
 from .jobs import EditRequest
 
-NUMBERS = {"steps": int, "samples": int, "guidance": float, "start": float, "seed": int, "size": int}
-CHOICES = ("variant", "reconstruction", "sampler")
-FLAGS = {"shrink"}
+NUMBERS = {"steps": int, "samples": int, "guidance": float, "start": float, "seed": int, "size": int,
+           "skip-timesteps": int, "clip-guidance": float, "range-loss": float, "views": int, "strength": float,
+           "jump-length": int, "jump-n-sample": int, "encode-ratio": float}
+CHOICES = ("method", "variant", "reconstruction", "sampler", "respacing")
+FLAGS = ("shrink", "ddim", "background-loss")
 FILES = ("image", "mask")
 FIELDS = (*FILES, "prompt", *NUMBERS, *CHOICES, *FLAGS, "rank")
+MASK_FROM_FIELDS = {"image": None, "prompt": None, "reference": None, "seed": int, "steps": int, "guidance": float,
+                    "size": int}
 TRUE, FALSE = ("1", "true", "on", "yes"), ("", "0", "false", "off", "no")
 MAX_IMAGE_PIXELS = 50_000_000  # width × height of the photograph or the mask, read from the header
 MEMORY_FALLBACK = 4 * 2**30    # what available_memory assumes where the system does not say
@@ -101,49 +136,67 @@ def edit_request(fields: dict, *, model_name: str, components, output_root: Path
     if unknown:
         raise FormError(f"unknown field(s) {', '.join(map(repr, unknown))}; expected {', '.join(FIELDS)} "
                         f"(named as python -m blend's long options; model and device are set when the server starts)")
-    missing = [name for name in (*FILES, "prompt") if name not in fields]
+    sdedit = text(fields, "method").strip() == "sdedit" if "method" in fields else False
+    missing = [name for name in (*FILES, "prompt") if name not in fields and not (name == "mask" and sdedit)]
     if missing:
         raise FormError(f"the form has no {' and no '.join(map(repr, missing))} field; send image (the photograph), "
                         f"mask (a PNG, white = edit) and prompt")
     args = parse_args([])                      # the CLI's defaults
-    args.model, args.allow_pickle = model_name, True   # the model is loaded already
+    args.allow_pickle = True                   # the model is loaded already
     args.prompt = text(fields, "prompt")
     if not args.prompt.strip():
         raise FormError(f"the prompt is empty (got {args.prompt!r}): expected what the painted region should become, "
                         f"e.g. 'a cat'. Type a prompt")
+    given = set()
     for name, kind in NUMBERS.items():
         value = text(fields, name).strip() if name in fields else ""
         if value:
             try:
-                setattr(args, name, kind(value))
+                setattr(args, name.replace("-", "_"), kind(value))
             except ValueError:  # argparse's words
                 raise FormError(f"argument --{name}: invalid {kind.__name__} value: {value!r}") from None
+            given.add(name)
     for name in CHOICES:
-        if name in fields:
-            setattr(args, name, text(fields, name).strip())
+        value = text(fields, name).strip() if name in fields else ""
+        if value:
+            setattr(args, name, value)
+            given.add(name)
     args.sampler = args.sampler or None        # empty: the variant's own sampler, as without --sampler
-    flag = text(fields, "shrink").strip().lower() if "shrink" in fields else ""
-    if flag not in TRUE + FALSE:
-        raise FormError(f"argument --shrink: expected on or off (true/false, 1/0), got {flag!r}")
-    args.shrink = flag in TRUE
+    if args.method not in METHODS:             # argparse's words
+        raise FormError(f"argument --method: invalid choice: {args.method!r} (choose from "
+                        f"{', '.join(map(repr, METHODS))})")
+    for name in FLAGS:
+        flag = text(fields, name).strip().lower() if name in fields else ""
+        if flag not in TRUE + FALSE:
+            raise FormError(f"argument --{name}: expected on or off (true/false, 1/0), got {flag!r}")
+        setattr(args, name.replace("-", "_"), flag in TRUE)
+        if flag in TRUE:
+            given.add(name)
     args.rank = (text(fields, "rank").strip() or None) if "rank" in fields else None
+    if args.rank is not None:
+        given.add("rank")
+    args.given = frozenset(given)
+    args.model = model_name if args.method in LATENT_METHODS else pixel_model_name(model_name)
     if args.rank is not None and args.rank not in CLIP_NAMES:   # the CLI would also read a file by that name
         raise FormError(f"--rank {args.rank}: expected one of the CLIP names {', '.join(CLIP_NAMES)}; blend.app reads "
                         f"no file named by a form. Choose one of those names, or leave rank empty for no ranking")
-    args.image = args.mask = "upload"          # both given
-    problem = option_refusal(args)
+    args.image = args.mask = "upload"          # both given (sdedit's absent mask: the whole photograph, below)
+    problem = option_refusal(args) or (inpainting_problem(args.method, components, cli=True)
+                                       if args.method in LATENT_METHODS else None)
     if problem:
         raise FormError(problem)
 
     with this_threads_warnings() as caught:   # e.g. a mask of another size, resized; a prompt cut to 75 tokens
-        warn_if_large(args.size)
-        image_file, mask_file = opened_upload(fields, "image"), opened_upload(fields, "mask")
+        warn_if_large(args.size if args.method in LATENT_METHODS else None)
+        image_file = opened_upload(fields, "image")
+        mask_file = opened_upload(fields, "mask") if "mask" in fields else None
         problem = memory_problem(image_file.size, args, components, device)
         if problem:
             raise FormError(problem)
         try:
             image = read_image(decoded(image_file, fields, "image"))
-            mask = read_mask(decoded(mask_file, fields, "mask"), image.size)
+            mask = (read_mask(decoded(mask_file, fields, "mask"), image.size) if mask_file is not None
+                    else np.ones(image.size[::-1], dtype=np.float32))
         except EditInputError as error:
             raise FormError(str(error)) from None
         try:
@@ -154,10 +207,67 @@ def edit_request(fields: dict, *, model_name: str, components, output_root: Path
     if free < needed:
         raise FormError(f"the output folder {output_root}: its disk has {free / 2**20:.1f} MiB free, and the results "
                         f"need up to {needed / 2**20:.1f} MiB; free some space")
-    options = dict(steps=args.steps, guidance_scale=args.guidance, start=args.start, num_samples=args.samples,
-                   seed=args.seed, variant=args.variant, shrink=args.shrink, reconstruction=args.reconstruction,
-                   size=args.size, sampler=args.sampler)
-    return EditRequest(image, mask, args.prompt, options, rank=args.rank, warnings=caught)
+    if args.method in LATENT_METHODS:
+        options = dict(steps=args.steps, guidance_scale=args.guidance, start=args.start, num_samples=args.samples,
+                       seed=args.seed, variant=args.variant, shrink=args.shrink, reconstruction=args.reconstruction,
+                       size=args.size, sampler=args.sampler, strength=args.strength, jump_length=args.jump_length,
+                       jump_n_sample=args.jump_n_sample, encode_ratio=args.encode_ratio)
+    else:
+        options = dict(num_samples=args.samples, seed=args.seed, skip_timesteps=args.skip_timesteps,
+                       respacing=args.respacing, clip_guidance_scale=args.clip_guidance, range_scale=args.range_loss,
+                       num_views=args.views, background_loss=args.background_loss, ddim=args.ddim)
+    return EditRequest(image, mask, args.prompt, options, rank=args.rank, warnings=caught, method=args.method)
+
+
+def mask_from_request(fields: dict, *, model_name: str, components) -> tuple:
+    """POST /api/mask-from's fields, checked: (image, prompt, reference, blend.editor.mask_from_prompt's keywords)."""
+    unknown = sorted(set(fields) - set(MASK_FROM_FIELDS))
+    if unknown:
+        raise FormError(f"unknown field(s) {', '.join(map(repr, unknown))}; expected {', '.join(MASK_FROM_FIELDS)}")
+    missing = [name for name in ("image", "prompt", "reference") if name not in fields]
+    if missing:
+        raise FormError(f"the form has no {' and no '.join(map(repr, missing))} field; send image (the photograph), "
+                        f"prompt (what the region should become) and reference (what it shows now; empty for the "
+                        f"unconditional model)")
+    prompt, reference = text(fields, "prompt").strip(), text(fields, "reference").strip()
+    if not prompt:
+        raise FormError("the prompt is empty: the mask is where the prompt and the reference text predict different "
+                        "noise. Type a prompt")
+    if reference == prompt:
+        raise FormError(f"the reference text {reference!r} is the prompt itself, so the mask would be empty: type "
+                        f"what the region shows now (e.g. 'a cup'), or leave it empty for the unconditional model")
+    options = {}
+    for name, kind in MASK_FROM_FIELDS.items():
+        value = text(fields, name).strip() if kind is not None and name in fields else ""
+        if value:
+            try:
+                options[name] = kind(value)
+            except ValueError:  # argparse's words
+                raise FormError(f"argument --{name}: invalid {kind.__name__} value: {value!r}") from None
+    keywords = {"steps": options.get("steps", 50), "guidance_scale": options.get("guidance"),
+                "seed": options.get("seed", 42), "size": options.get("size")}
+    problem = option_problem(**keywords, model=model_name, mask_from=reference, cli=True,
+                             method=latent_method_of(components))
+    if problem:
+        raise FormError(problem)
+    with this_threads_warnings():
+        try:
+            image = read_image(decoded(opened_upload(fields, "image"), fields, "image"))
+        except EditInputError as error:
+            raise FormError(str(error)) from None
+    return image, prompt, reference, keywords
+
+
+def model_methods(components) -> list:
+    """The latent methods a loaded model serves: inpaint alone for an inpainting model, else the four others."""
+    if is_inpainting_model(components):
+        return ["inpaint"]
+    return [method for method in LATENT_METHODS if method != "inpaint"]
+
+
+def pixel_model_name(model_name: str) -> str:
+    """The model a server of `model_name` runs the pixel methods on: the toy for the toy, else adm-256-uncond."""
+    return "toy" if model_name == "toy" else DEFAULT_MODELS["blended-diffusion"]
 
 
 @contextlib.contextmanager
@@ -184,8 +294,11 @@ def this_threads_warnings():
 
 
 def job_memory(image_size: tuple, args, components) -> tuple[int, int, tuple]:
-    """Upper estimates of a job's peak bytes: (at the photograph's size, at the working size, the working (W, H))."""
+    """Upper estimates of a job's peak bytes: (at the photograph's size, at the working size, the working (W, H)).
+    A pixel method's working size is not counted (module docstring)."""
     pixels = image_size[0] * image_size[1]
+    if getattr(args, "method", "bld") not in LATENT_METHODS:
+        return pixels * (PHOTO_BYTES + RESULT_BYTES * args.samples), 0, tuple(image_size)
     working = working_size(image_size, args.size or components.spec.image_size, components.spec.size_multiple)
     working_pixels = working[0] * working[1]
     photo = pixels * (PHOTO_BYTES + RESULT_BYTES * args.samples
@@ -207,8 +320,9 @@ def memory_problem(image_size: tuple, args, components, device: str) -> str | No
         checks = [(photo + at_work, available_memory(), "this machine has")]
     for needed, available, where in checks:
         if needed > available:
+            at = f", edited at {working[0]}x{working[1]}" if getattr(args, "method", "bld") in LATENT_METHODS else ""
             return (f"the job would need about {needed / 2**30:.1f} GiB of memory ({args.samples} samples of a "
-                    f"{image_size[0]}x{image_size[1]} photograph, edited at {working[0]}x{working[1]}"
+                    f"{image_size[0]}x{image_size[1]} photograph{at}"
                     f"{', reconstruction ' + args.reconstruction if args.reconstruction != 'none' else ''}), and "
                     f"{where} {available / 2**30:.1f} GiB available; send fewer samples, a smaller size or a "
                     f"smaller photograph")

@@ -1,4 +1,5 @@
-"""The page's jobs: one worker thread runs Algorithm 1 for one job at a time; the others wait in a queue.
+"""The page's jobs: one worker thread runs one edit at a time (Algorithm 1, or another latent method of
+blend.edit: sdedit, repaint, diffedit, inpaint); the others wait in a queue.
 
 A job is an edit request whose inputs were already checked (blend.app.form). Its files go into a
 folder of its own, ROOT/<id>, written as the CLI writes (blend.cli.ResultFolder, write_results): first
@@ -19,6 +20,11 @@ Previews come from Algorithm 1's per-step callback (blend.StepRecord.x0_fg). Dec
 autoencoder decode, so `PreviewSchedule` decodes one only while the time spent on previews stays
 under a fraction (10%) of the time spent on the steps themselves; one that takes under 20 ms (the
 toy's: an identity decode and a small PNG) is taken at every step.
+
+A job of a pixel method (blended-diffusion, local-clip) runs blend.pixel_editor.edit_pixels on the
+queue's pixel model (`pixel_model`, a name for weights.load_pixel_model), loaded by the worker when
+the first such job runs and kept; its previews are x̂0 itself (pixels: nothing to decode), and its
+results are always ranked (ranking.txt).
 """
 import contextlib
 import os
@@ -36,9 +42,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..cli import ResultFolder, write_results
+from ..cli import ResultFolder, cannot_load_message, judge_name, write_results
 from ..editor import EditInputError, edit
 from ..images import mask_to_image, tensor_to_image
+from ..options import LATENT_METHODS
 
 try:
     import fcntl
@@ -60,16 +67,24 @@ class JobStopped(Exception):
     """The server is stopping: the running job ends at its next step."""
 
 
+class JobFailed(Exception):
+    """The job cannot run (the pixel model could not be loaded); the message says why and what to do."""
+
+
 @dataclass
 class EditRequest:
     """A checked request: the photograph (RGB PIL), the mask ((H, W) 0/1) and the options of `blend.edit`."""
     image: Image.Image
     mask: np.ndarray
     prompt: str
-    options: dict          # steps, guidance_scale, start, num_samples, seed, variant, sampler, shrink,
-                           # reconstruction, size: blend.edit's keywords
+    options: dict          # the latent methods: blend.edit's keywords (steps, guidance_scale, start, num_samples,
+                           # seed, variant, sampler, shrink, reconstruction, size, strength, jump_length,
+                           # jump_n_sample, encode_ratio); the pixel methods: edit_pixels' (num_samples, seed,
+                           # skip_timesteps, respacing, clip_guidance_scale, range_scale, num_views,
+                           # background_loss, ddim)
     rank: str | None = None
     warnings: list = field(default_factory=list)
+    method: str = "bld"    # or "sdedit", "repaint", "diffedit", "inpaint", "blended-diffusion", "local-clip"
 
 
 @dataclass
@@ -132,8 +147,10 @@ class PreviewSchedule:
 class JobQueue:
     """Jobs by id, and the worker thread that runs them in order, on one loaded model."""
 
-    def __init__(self, components, root: Path, *, device: str = "cpu", max_waiting: int = MAX_WAITING):
+    def __init__(self, components, root: Path, *, device: str = "cpu", max_waiting: int = MAX_WAITING,
+                 pixel_model: str = "adm-256-uncond"):
         self.components, self.root, self.device, self.max_waiting = components, Path(root), device, max_waiting
+        self.pixel_model, self.pixel_components = pixel_model, None   # the pixel methods', loaded when first asked
         self.jobs: dict[str, Job] = {}
         self.lock = threading.Lock()
         self.waiting: queue.Queue = queue.Queue()
@@ -239,16 +256,20 @@ class JobQueue:
             with self.lock:
                 job.state, job.folder, job.steps = "running", output.temporary, 0
             self._write(job, "mask.png", mask_to_image(job.request.mask), "extras")
-            results = self._edit(job)
-            write_results(output.temporary, job.request.image, job.request.mask, results, job.request.rank)
+            if job.request.method in LATENT_METHODS:
+                results, rank = self._edit(job), job.request.rank
+            else:
+                results, rank = self._edit_pixels(job), judge_name(self.pixel_components)
+            write_results(output.temporary, job.request.image, job.request.mask, results, rank,
+                          method=job.request.method)
             with self.lock:  # listed once written: a listed file is whole
                 job.results = [f"result_{index}.png" for index in range(len(results))]
-                job.extras += ["grid.png", *(["ranking.txt"] if job.request.rank else [])]
+                job.extras += ["grid.png", *(["ranking.txt"] if rank else [])]
                 job.folder = output.commit()
             self._finish(job, "done")
         except JobStopped:
             self._finish(job, "failed", "the server was stopped while this job ran; nothing was kept")
-        except EditInputError as error:
+        except (EditInputError, JobFailed) as error:
             self._finish(job, "failed", str(error))
         except Exception as error:  # the job fails, the server goes on
             traceback.print_exc()
@@ -265,32 +286,55 @@ class JobQueue:
             if state == "failed":
                 job.folder, job.previews, job.results, job.extras = None, [], [], []
 
-    def _edit(self, job: Job) -> list:
-        components, request = self.components, job.request
-        spec, schedule = components.spec, PreviewSchedule()
+    def _step_callback(self, job: Job, decode):
+        """The loop's callback for `job`: stop when the server stops, count the step, write a preview of
+        decode(record) (x̂0 in pixels, (3, H, W) in [−1, 1]) as often as PreviewSchedule allows."""
+        schedule = PreviewSchedule()
 
-        def on_step(record) -> None:  # Algorithm 1's callback, after every step
+        def on_step(record) -> None:  # the loop's callback, after every step
             if self.stopping.is_set():
                 raise JobStopped()
             with self.lock:
                 job.step, job.steps = record.index + 1, record.num_steps
             if schedule.after_step():
                 started = time.perf_counter()
-                x0 = components.vae.decode(record.x0_fg[:1] / spec.scale_factor).float()[0]  # x̂0 = D(x0_fg / s)
+                x0 = decode(record)
                 if torch.isfinite(x0).all():
                     preview = tensor_to_image(x0)
                     preview.thumbnail((PREVIEW_SIDE, PREVIEW_SIDE))
                     self._write(job, f"preview_{record.index + 1:03d}.png", preview, "previews")
                 schedule.preview_took(started)
+        return on_step
 
+    def _edit(self, job: Job) -> list:
+        components, request = self.components, job.request
+        spec = components.spec
+        on_step = self._step_callback(  # x̂0 = D(x0_fg / s)
+            job, lambda record: components.vae.decode(record.x0_fg[:1] / spec.scale_factor).float()[0])
         ranker = None
         if request.rank:
             if request.rank not in self.rankers:
                 from weights import load_clip
                 self.rankers[request.rank] = load_clip(request.rank)
             ranker = self.rankers[request.rank]
-        return edit(request.image, request.mask, request.prompt, model=components, device=self.device,
-                    callback=on_step, ranker=ranker, **request.options)
+        return edit(request.image, request.mask, request.prompt, model=components, method=request.method,
+                    device=self.device, callback=on_step, ranker=ranker, **request.options)
+
+    def _edit_pixels(self, job: Job) -> list:
+        """A pixel method's job: edit_pixels on the pixel model, loaded here the first time a job asks for it."""
+        from weights import load_pixel_model
+
+        from ..pixel_editor import edit_pixels
+        request = job.request
+        if self.pixel_components is None:
+            try:
+                self.pixel_components = load_pixel_model(self.pixel_model, device=self.device)
+            except Exception as error:  # the job fails with the CLI's paragraph; the next job tries again
+                raise JobFailed(cannot_load_message(self.pixel_model, error, method=request.method)
+                                .removeprefix("error: ")) from error
+        on_step = self._step_callback(job, lambda record: record.x0_fg[0].float())  # x̂0 is in pixels already
+        return edit_pixels(request.image, request.mask, request.prompt, method=request.method,
+                           model=self.pixel_components, device=self.device, callback=on_step, **request.options)
 
     def _write(self, job: Job, name: str, image: Image.Image, kind: str) -> None:
         """Write one PNG of the job under a temporary name, rename it, then list it."""

@@ -5,11 +5,17 @@ a name taken from the URL):
 
     GET  /                         static/index.html (with /static/app.js and /static/app.css)
     GET  /example.jpg              the shipped example photograph; /example_mask.png its mask
-    GET  /api/info                 {"model", "variants", "samplers", "reconstructions", "clip_names", "defaults",
-                                   "max_upload"}
+    GET  /api/info                 {"model", "pixel_model", "methods", "model_methods" (the latent methods the
+                                   loaded model serves), "variants", "samplers", "reconstructions", "clip_names",
+                                   "defaults", "max_upload"}
     POST /api/edit                 multipart form (blend.app.form) → 202 {"job": ID}; 400 {"error"} for bad
                                    input, with the CLI's message; 413 beyond max_upload bytes; 503 when the
                                    queue is full
+    POST /api/mask-from            multipart form: image, prompt, reference (and seed, steps, guidance, size) →
+                                   200 image/png, the mask where the prompt and the reference predict different
+                                   noise (blend.editor.mask_from_prompt: DiffEdit's step 1), white = edit, at the
+                                   photograph's size; 400 {"error"} for bad input. It runs while the request waits,
+                                   one at a time, on the loaded model (beside a running job)
     GET  /api/jobs/ID              {"state": queued|running|done|failed, "step", "steps", "results": [URLs],
                                    "previews": [URLs], "error", "mask", "grid", "ranking", "warnings"}
     GET  /results/ID/NAME          a file the job ID has written (blend.app.jobs), by its listed name only
@@ -18,6 +24,7 @@ Safety: when bound to a loopback address, a request whose Host header names anot
 refused (403: a page elsewhere cannot reach the server by DNS rebinding), and a POST whose Origin
 is not this server's is refused (403: another site cannot submit jobs from a visitor's browser).
 """
+import io
 import ipaddress
 import json
 import re
@@ -27,13 +34,18 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import numpy as np
+from PIL import Image
+
 from clip import CLIP_NAMES
 
 from ..algorithm import VARIANTS
 from ..cli import EXAMPLE_IMAGE, EXAMPLE_MASK, EXAMPLE_PROMPT, parse_args
-from ..options import SAMPLERS
+from ..editor import mask_from_prompt
+from ..errors import EditInputError
+from ..options import METHODS, SAMPLERS
 from ..reconstruction import MODES
-from .form import FormError, edit_request, parse_multipart
+from .form import FormError, edit_request, mask_from_request, model_methods, parse_multipart, pixel_model_name
 from .jobs import JobQueue, QueueFull
 
 STATIC = Path(__file__).resolve().parent / "static"
@@ -72,8 +84,8 @@ class EditServer(ThreadingHTTPServer):
             self.address_family = socket.AF_INET6
         super().__init__((host, port), Handler)
         self.components, self.model_name, self.max_upload, self.quiet = components, model_name, max_upload, quiet
-        self.out, self.checking = Path(out), threading.Lock()
-        self.jobs = JobQueue(components, self.out, device=device)
+        self.out, self.checking, self.estimating = Path(out), threading.Lock(), threading.Lock()
+        self.jobs = JobQueue(components, self.out, device=device, pixel_model=pixel_model_name(model_name))
         self.jobs.start()
         self.port = self.server_address[1]
         self.loopback = is_loopback(host)
@@ -90,13 +102,21 @@ class EditServer(ThreadingHTTPServer):
 
     def info(self) -> dict:
         defaults = parse_args([])
-        return {"model": self.model_name, "variants": list(VARIANTS), "samplers": list(SAMPLERS),
-                "reconstructions": list(MODES),
+        return {"model": self.model_name, "pixel_model": self.jobs.pixel_model, "methods": list(METHODS),
+                "model_methods": model_methods(self.components),
+                "variants": list(VARIANTS), "samplers": list(SAMPLERS), "reconstructions": list(MODES),
                 "clip_names": list(CLIP_NAMES), "max_upload": self.max_upload,
-                "defaults": {"prompt": EXAMPLE_PROMPT, "steps": defaults.steps, "samples": defaults.samples,
-                             "guidance": self.components.spec.guidance_scale, "start": defaults.start,
-                             "seed": defaults.seed, "variant": defaults.variant, "sampler": defaults.sampler or "",
-                             "shrink": defaults.shrink, "reconstruction": defaults.reconstruction}}
+                "defaults": {"prompt": EXAMPLE_PROMPT, "method": model_methods(self.components)[0],
+                             "steps": defaults.steps,
+                             "samples": defaults.samples, "guidance": self.components.spec.guidance_scale,
+                             "start": defaults.start, "seed": defaults.seed, "variant": defaults.variant,
+                             "sampler": defaults.sampler or "", "shrink": defaults.shrink,
+                             "reconstruction": defaults.reconstruction, "skip-timesteps": defaults.skip_timesteps,
+                             "respacing": defaults.respacing, "clip-guidance": defaults.clip_guidance,
+                             "range-loss": defaults.range_loss, "views": defaults.views, "ddim": defaults.ddim,
+                             "background-loss": defaults.background_loss, "strength": "",
+                             "jump-length": defaults.jump_length, "jump-n-sample": defaults.jump_n_sample,
+                             "encode-ratio": defaults.encode_ratio, "reference": ""}}
 
     def handle_error(self, request, client_address) -> None:
         if isinstance(sys.exc_info()[1], ConnectionError):  # the browser went away mid-answer: nothing to report
@@ -139,8 +159,9 @@ class Handler(BaseHTTPRequestHandler):
     def do_POST(self):
         if not self.host_allowed():
             return
-        if self.path.split("?", 1)[0] != "/api/edit":
-            return self.send_json(404, {"error": "not found; POST /api/edit"})
+        path = self.path.split("?", 1)[0]
+        if path not in ("/api/edit", "/api/mask-from"):
+            return self.send_json(404, {"error": "not found; POST /api/edit or /api/mask-from"})
         origin = self.headers.get("Origin")
         if origin is not None and origin != f"http://{self.headers.get('Host', '')}":
             return self.send_json(403, {"error": f"a request from the page at {origin} is refused: only this "
@@ -160,6 +181,8 @@ class Handler(BaseHTTPRequestHandler):
         body = self.rfile.read(length)
         try:
             fields = parse_multipart(self.headers.get("Content-Type", ""), body)
+            if path == "/api/mask-from":
+                return self.mask_from(fields)
             with self.server.checking:  # one request at a time: the checks record warnings, which are global
                 request = edit_request(fields, model_name=self.server.model_name, components=self.server.components,
                                        output_root=self.server.out, device=self.server.jobs.device)
@@ -169,6 +192,21 @@ class Handler(BaseHTTPRequestHandler):
         except QueueFull as error:
             return self.send_json(503, {"error": str(error)})
         self.send_json(202, {"job": job.id})
+
+    def mask_from(self, fields: dict) -> None:
+        """POST /api/mask-from: the estimated mask as a PNG (white = edit), or 400 with the reason."""
+        with self.server.checking:  # the checks record warnings, which are global
+            image, prompt, reference, keywords = mask_from_request(fields, model_name=self.server.model_name,
+                                                                   components=self.server.components)
+        try:
+            with self.server.estimating:
+                mask = mask_from_prompt(image, prompt, reference, model=self.server.components,
+                                        device=self.server.jobs.device, **keywords)
+        except EditInputError as error:
+            return self.send_json(400, {"error": str(error)})
+        png = io.BytesIO()
+        Image.fromarray((mask * 255).astype(np.uint8)).save(png, format="PNG")
+        self.send(200, png.getvalue(), "image/png")
 
     # ------------------------------------------------------------------------- helpers
     def host_allowed(self) -> bool:

@@ -1,6 +1,10 @@
 // The paint-and-edit page: paint a mask over a photograph, POST /api/edit, poll GET /api/jobs/ID.
 // Plain JavaScript, no libraries. The mask canvas has the photograph's own pixel size; what is painted
 // (alpha at least one half) is sent as a black-and-white PNG, white = edit, the server's convention.
+// The method select shows the options of the chosen method only (a label's data-methods), and only
+// those are sent: the server refuses an option that the method does not take, as the CLI does.
+// "Mask from prompt" POSTs the photograph, the prompt and the reference text to /api/mask-from and fills
+// the brush layer with the mask it answers (an undoable stroke), for the user to refine before running.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -35,8 +39,12 @@ async function fetchBlob(url) {
 
 async function loadExample() {
   await loadPhoto(await fetchBlob("/example.jpg"), "example.jpg");
+  await fillBrushLayer(await fetchBlob("/example_mask.png"));
+}
+
+async function fillBrushLayer(blob) {  // a black-and-white mask image (white = edit) → the painted layer
   const mask = new Image();
-  mask.src = URL.createObjectURL(await fetchBlob("/example_mask.png"));
+  mask.src = URL.createObjectURL(blob);
   await mask.decode();
   const scratch = document.createElement("canvas");
   scratch.width = maskCanvas.width;
@@ -100,6 +108,12 @@ $("clear").addEventListener("click", () => {
   ctx.clearRect(0, 0, maskCanvas.width, maskCanvas.height);
 });
 
+function painted() {  // whether any pixel is painted (alpha ≥ 128)
+  const alpha = ctx.getImageData(0, 0, maskCanvas.width, maskCanvas.height).data;
+  for (let i = 3; i < alpha.length; i += 4) if (alpha[i] >= 128) return true;
+  return false;
+}
+
 function maskPng() {  // painted (alpha ≥ 128) → white, the rest black
   const painted = ctx.getImageData(0, 0, maskCanvas.width, maskCanvas.height);
   const out = new ImageData(maskCanvas.width, maskCanvas.height);
@@ -113,6 +127,50 @@ function maskPng() {  // painted (alpha ≥ 128) → white, the rest black
   scratch.height = out.height;
   scratch.getContext("2d").putImageData(out, 0, 0);
   return new Promise((resolve) => scratch.toBlob(resolve, "image/png"));
+}
+
+// ----------------------------------------------------------------------------- the mask from two texts
+async function maskFromPrompt() {
+  showError("");
+  if (!photoBlob) return showError("Open a photograph first (or press Example).");
+  const data = new FormData();
+  data.append("image", photoBlob, photoName);
+  data.append("prompt", form.elements.prompt.value);
+  data.append("reference", $("reference").value);
+  for (const name of ["seed", "steps", "guidance"]) {  // the latent model's: the estimate is the same as --mask-from's
+    if (form.elements[name].value !== "") data.append(name, form.elements[name].value);
+  }
+  $("mask-from").disabled = true;
+  document.body.dataset.maskFrom = "running";
+  try {
+    const response = await fetch("/api/mask-from", { method: "POST", body: data });
+    if (!response.ok) {
+      const answer = await response.json();
+      throw new Error(answer.error || `the server answered ${response.status}`);
+    }
+    const blob = await response.blob();
+    undoStack.push(ctx.getImageData(0, 0, maskCanvas.width, maskCanvas.height));  // Undo brings the old mask back
+    if (undoStack.length > UNDO_DEPTH) undoStack.shift();
+    await fillBrushLayer(blob);
+    document.body.dataset.maskFrom = "done";
+  } catch (error) {
+    document.body.dataset.maskFrom = "failed";
+    showError(error.message);
+  } finally {
+    $("mask-from").disabled = false;
+  }
+}
+
+// ----------------------------------------------------------------------------- the method's options
+function takenByMethod(element) {  // an element outside a data-methods label serves every method
+  const label = element.closest("[data-methods]");
+  return !label || label.dataset.methods.split(" ").includes(form.elements.method.value);
+}
+
+function showMethodOptions() {
+  for (const label of form.querySelectorAll("[data-methods]")) {
+    label.hidden = !label.dataset.methods.split(" ").includes(form.elements.method.value);
+  }
 }
 
 // ----------------------------------------------------------------------------- running a job
@@ -159,9 +217,11 @@ async function run(event) {
   if (!photoBlob) return showError("Open a photograph first (or press Example).");
   const data = new FormData();
   data.append("image", photoBlob, photoName);
-  data.append("mask", await maskPng(), "mask.png");
+  if (form.elements.method.value !== "sdedit" || painted()) {  // SDEdit uses no mask: none painted, none sent
+    data.append("mask", await maskPng(), "mask.png");
+  }
   for (const element of form.elements) {
-    if (!element.name) continue;
+    if (!element.name || !takenByMethod(element)) continue;
     data.append(element.name, element.type === "checkbox" ? (element.checked ? "on" : "off") : element.value);
   }
   $("previews").replaceChildren();
@@ -229,6 +289,7 @@ async function start() {
   const info = await (await fetch("/api/info")).json();
   $("model").textContent = `model: ${info.model}`;
   const fill = (select, values) => { for (const v of values) select.append(new Option(v, v)); };
+  fill(form.elements.method, info.methods);
   fill(form.elements.variant, info.variants);
   fill(form.elements.sampler, info.samplers);
   fill(form.elements.reconstruction, info.reconstructions);
@@ -238,6 +299,15 @@ async function start() {
     if (!element) continue;
     if (element.type === "checkbox") element.checked = Boolean(value); else element.value = value;
   }
+  form.elements.method.title = `bld, sdedit, repaint, diffedit and inpaint run ${info.model}; `
+    + `blended-diffusion and local-clip run ${info.pixel_model}`;
+  for (const option of form.elements.method.options) {  // a latent method the loaded model cannot run
+    const latent = ["bld", "sdedit", "repaint", "diffedit", "inpaint"].includes(option.value);
+    option.disabled = latent && !info.model_methods.includes(option.value);
+  }
+  $("mask-from").addEventListener("click", maskFromPrompt);
+  form.elements.method.addEventListener("change", showMethodOptions);
+  showMethodOptions();
   $("photo-file").addEventListener("change", async () => {
     const file = $("photo-file").files[0];
     if (!file) return;
