@@ -90,6 +90,22 @@ def missing_reference_packages() -> list:
     return [name for name in REFERENCE_PACKAGES if importlib.util.find_spec(name) is None]
 
 
+# --- manifests for python -m blend.batch -----------------------------------------------------------------------
+
+def write_manifest(folder: Path, *lines: dict) -> str:
+    """A blend.batch manifest in `folder`, one line per dict, each over the example photo and mask at 32² (written
+    beside it as photo.png and mask.png) with the prompt "a cat"; returns its path."""
+    from PIL import Image
+
+    from blend.cli import EXAMPLE_IMAGE, EXAMPLE_MASK
+    Image.open(EXAMPLE_IMAGE).convert("RGB").resize((32, 32), Image.LANCZOS).save(folder / "photo.png")
+    Image.open(EXAMPLE_MASK).convert("L").resize((32, 32), Image.NEAREST).save(folder / "mask.png")
+    manifest = folder / "edits.jsonl"
+    manifest.write_text("".join(json.dumps({"image": "photo.png", "mask": "mask.png", "prompt": "a cat", **line})
+                                + "\n" for line in lines))
+    return str(manifest)
+
+
 # --- random networks and small stand-ins ------------------------------------------------------------------------
 
 # An SD-shaped UNet (4 levels, so 8x downsampling, attention at levels 1 and 2) small enough for shape tests.

@@ -8,6 +8,7 @@ import types
 import numpy as np
 import pytest
 import torch
+from helpers import write_manifest
 from PIL import Image
 
 import weights
@@ -230,15 +231,6 @@ def test_cli_toy_runs_each_pixel_method_end_to_end(tmp_path, capsys, method):
 
 
 # ----------------------------------------------------------------------------- python -m blend.batch
-def write_manifest(folder, *lines) -> str:
-    Image.open(EXAMPLE_IMAGE).convert("RGB").resize((32, 32), Image.LANCZOS).save(folder / "photo.png")
-    Image.open(EXAMPLE_MASK).convert("L").resize((32, 32), Image.NEAREST).save(folder / "mask.png")
-    manifest = folder / "edits.jsonl"
-    manifest.write_text("".join(json.dumps({"image": "photo.png", "mask": "mask.png", "prompt": "a cat", **line})
-                                + "\n" for line in lines))
-    return str(manifest)
-
-
 def test_batch_refuses_a_line_option_its_method_does_not_take_with_the_line_number(tmp_path, capsys,
                                                                                   no_model_loads):
     manifest = write_manifest(tmp_path, {"id": "ok", "method": "local-clip", "background-loss": True},

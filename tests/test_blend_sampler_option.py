@@ -1,10 +1,10 @@
 """The sampler choice: `python -m blend --sampler`, `edit(sampler=...)`, the manifest's "sampler" of
 `python -m blend.batch`, and blend.app's form and /api/info."""
 import io
-import json
 
 import numpy as np
 import pytest
+from helpers import write_manifest
 from PIL import Image
 
 import weights
@@ -108,15 +108,6 @@ def dilated(mask: np.ndarray, radius: int) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- python -m blend.batch
-def write_manifest(folder, *lines) -> str:
-    Image.open(EXAMPLE_IMAGE).convert("RGB").resize((32, 32), Image.LANCZOS).save(folder / "photo.png")
-    Image.open(EXAMPLE_MASK).convert("L").resize((32, 32), Image.NEAREST).save(folder / "mask.png")
-    manifest = folder / "edits.jsonl"
-    manifest.write_text("".join(json.dumps({"image": "photo.png", "mask": "mask.png", "prompt": "a cat", **line})
-                                + "\n" for line in lines))
-    return str(manifest)
-
-
 def test_batch_refuses_a_manifest_sampler_its_variant_cannot_run_with_the_line_number(tmp_path, capsys,
                                                                                      no_model_loads):
     manifest = write_manifest(tmp_path, {"id": "ok", "sampler": "dpm++2m"},

@@ -47,7 +47,7 @@ from .errors import (
     UnknownSourceError,
     UnsupportedModelError,
 )
-from .hub import fetch_single_file
+from .hub import HubSourced, fetch_single_file
 from .materialize import assign_weights, build_empty, open_safetensors
 from .pickle_checkpoint import PICKLE_SUFFIXES, convert_checkpoint, read_pickle
 
@@ -60,7 +60,7 @@ HASH_CHUNK = 16 * 2**20          # bytes read at a time while hashing
 
 
 @dataclass(frozen=True)
-class AdmSpec:
+class AdmSpec(HubSourced):
     """A pixel-space ADM model: its network, the diffusion it was trained with, where its weights come from.
 
     The fields a run reads: `image_size` (the side it was trained at), `respacing` (Blended Diffusion's default
@@ -79,16 +79,6 @@ class AdmSpec:
     # No text tower and no autoencoder. `text` is None so that code that looks through every preset for a
     # latent model's text tower (weights.single_file.choose_preset) passes this one by.
     text = None
-
-    @property
-    def hub_repo(self) -> str | None:
-        """The first source's repository: the one to name in download instructions."""
-        return self.sources[0].repo if self.sources else None
-
-    @property
-    def single_file(self) -> str | None:
-        """The published file's path in the first source's repository."""
-        return self.sources[0].single_file if self.sources else None
 
     @property
     def size_multiple(self) -> int:

@@ -43,6 +43,20 @@ WEIGHT_STEMS = {"unet": "unet/diffusion_pytorch_model", "vae": "vae/diffusion_py
 FINAL_ANSWERS = ("gone", "incomplete")
 
 
+class HubSourced:
+    """What a spec with `sources` (Hub repositories holding the same files, tried in order) says of the first one."""
+
+    @property
+    def hub_repo(self) -> str | None:
+        """The first source's repository: the one to name in download instructions."""
+        return self.sources[0].repo if self.sources else None
+
+    @property
+    def single_file(self) -> str | None:
+        """The published single file's path in the first source's repository."""
+        return self.sources[0].single_file if self.sources else None
+
+
 class Unusable(Exception):
     """One source did not give the files: `kind` (see FINAL_ANSWERS) and a short `answer` for the message."""
 

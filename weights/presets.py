@@ -24,6 +24,7 @@ from ldm.wordpiece import WordPieceTokenizer
 from samplers import NoiseSchedule
 
 from .adm import OPENAI_SHA256, AdmSpec
+from .hub import HubSourced
 
 
 @dataclass(frozen=True)
@@ -38,7 +39,7 @@ PREDICTION_TYPES = {"epsilon": "epsilon", "eps": "epsilon", "v": "v", "v_predict
 
 
 @dataclass(frozen=True)
-class ModelSpec:
+class ModelSpec(HubSourced):
     name: str
     unet: UNetConfig
     vae: AutoencoderConfig
@@ -59,16 +60,6 @@ class ModelSpec:
     float16_only: bool = False           # its Hub folders hold safetensors in float16 only (float32 only as pickles):
                                          # a float32 load reads those and widens them
     notes: str = field(default="", compare=False)
-
-    @property
-    def hub_repo(self) -> str | None:
-        """The first source's repository: the one to name in download instructions."""
-        return self.sources[0].repo if self.sources else None
-
-    @property
-    def single_file(self) -> str | None:
-        """The published single-file checkpoint's name (in the first source's repository)."""
-        return self.sources[0].single_file if self.sources else None
 
     @property
     def size_multiple(self) -> int:
