@@ -1,4 +1,5 @@
-"""The SD 1.5 UNet on a GPU: UNet calls per second in a 50-step CFG loop and peak memory, ours against diffusers.
+"""The SD 1.5 UNet on a GPU: UNet calls per second in a 50-step CFG loop and peak memory, ours against diffusers;
+and the whole 512² edit, with DDIM at 50 steps and with DPM-Solver++(2M) at its default 30.
 
     python -m benchmarks.gpu_benchmark                          # float16 and bfloat16, eager (needs CUDA)
     python -m benchmarks.gpu_benchmark --compile --cuda-graph   # also torch.compile and CUDA-graph rows
@@ -38,6 +39,17 @@ bfloat16; the compile rows with the "eager" backend (dynamo traces the modules, 
 CUDA-graph rows marked skipped. The JSON and the table have the same shape. It checks the code, not the speed.
 Without diffusers, the diffusers side is reported as missing.
 
+The whole edit (rows "edit512-ddim50" and "edit512-dpm30", ours only, in the first of --dtypes, after the eager
+and CUDA-graph rows and before the compile rows): what `blend.edit` runs for one sample of a 512² photograph on
+SD 1.5, from the photograph's tensor to the decoded image, on random weights (`weights.fill_random_`, seed 0):
+line 2's z_init = s·E(x), Algorithm 1 (variant paper, start 0.25, a 256² square mask) with classifier-free
+guidance 7.5 on the sampler that `blend.editor.build_sampler` builds, and line 9's decode (`AutoencoderKL.decode`,
+which runs float16 weights in float32). The prompt's context is random, as in the loop above: the text encoder is
+not timed. The seconds are the median of --repeat edits after one warm-up edit. DDIM runs 50 steps, the CLI's
+default; DPM-Solver++(2M) runs its CLI default, 30, where it matches DDIM-50's error on the exact toy model
+(benchmarks/README.md, "Samplers against the exact solution"; blend.options.DEFAULT_STEPS). The dry run edits
+the tiny preset at its own size (64²) with --steps (3) for both.
+
 The JSON (--json, rewritten after every row): the machine, torch's and diffusers' versions, the rows and
 the targets with their results; the markdown table is printed (and written beside it with --table).
 """
@@ -55,7 +67,10 @@ from pathlib import Path
 import torch
 
 import fast
-from ldm import UNetModel
+from blend.algorithm import blended_latent_diffusion
+from blend.editor import build_sampler
+from blend.options import DEFAULT_STEPS
+from ldm import AutoencoderKL, UNetModel
 from samplers import DDIMSampler, guided_model_output
 from weights import presets
 
@@ -67,6 +82,9 @@ GIB = 2**30
 TARGET_IT_S = 100.0          # ours, UNet calls per second at batch 2 (the CFG pair), float16, best variant
 TARGET_PEAK_GIB = 2.6        # ours, peak memory at batch 1, float16, eager
 TARGET_GPUS = ("H100", "H200")
+# The whole edit: case → the --sampler it runs at its CLI default steps (blend.options.DEFAULT_STEPS)
+EDIT_CASES = {f"edit512-ddim{DEFAULT_STEPS['ddim']}": "ddim", f"edit512-dpm{DEFAULT_STEPS['dpm++2m']}": "dpm++2m"}
+EDIT_START = 0.25            # the CLI's --start
 
 
 # --- the two sides ----------------------------------------------------------------------------------------------
@@ -274,6 +292,55 @@ def targets(rows: list, machine: str, dry_run: bool) -> list:
     ]
 
 
+# --- the whole edit ---------------------------------------------------------------------------------------------
+
+def edit_parts(spec, device: torch.device, dtype: torch.dtype) -> dict:
+    """The autoencoder (random weights, seed 0, through the fast path), a photograph in [−1, 1], its mask at latent
+    resolution (the middle half of each side) and the prompt's random context, for `edit_once`."""
+    vae = fast.optimize(parity().random_model(AutoencoderKL, spec.vae, seed=0), device=device, dtype=dtype)
+    generator = torch.Generator().manual_seed(1)
+    side = spec.image_size
+    photograph = torch.rand(1, 3, side, side, generator=generator) * 2 - 1
+    mask = torch.zeros(1, 1, side // 8, side // 8)
+    mask[..., side // 32:3 * side // 32, side // 32:3 * side // 32] = 1
+    cond, uncond = (torch.randn(1, TOKENS, spec.unet.context_dim, generator=generator) for _ in range(2))
+    return {"vae": vae, "x": photograph.to(device, dtype), "mask": mask.to(device),
+            "cond": cond.to(device, dtype), "uncond": uncond.to(device, dtype)}
+
+
+def edit_once(unet, parts: dict, spec, sampler, generator: torch.Generator) -> torch.Tensor:
+    """Algorithm 1 end to end for one sample, as blend.edit runs it: z_init = s·E(x) (line 2), lines 3–8, then
+    x̂ = D(z_0 / s) (line 9)."""
+    z_init = parts["vae"].encode(parts["x"]).mean * spec.scale_factor
+    z = blended_latent_diffusion(unet, sampler, z_init, parts["mask"], parts["cond"], parts["uncond"],
+                                 guidance_scale=GUIDANCE_SCALE, start=EDIT_START, generator=generator)
+    return parts["vae"].decode(z / spec.scale_factor).float()
+
+
+def run_edit(case: str, dtype_name: str, unet, spec, device, args) -> dict:
+    """One row of the whole edit: {"case", "sampler", "steps", "steps_run", "seconds" (each timed edit),
+    "median_s", "status"}."""
+    name = EDIT_CASES[case]
+    steps = args.steps if args.dry_run else DEFAULT_STEPS[name]
+    sampler = build_sampler(name, spec, steps)
+    row = {"case": case, "sampler": name, "steps": steps, "steps_run": steps - int(steps * EDIT_START),
+           "dtype": dtype_name, "image": [spec.image_size, spec.image_size], "samples": 1}
+    print(f"  {case} ({name}, {steps} steps, {dtype_name}) ...", flush=True)
+    try:
+        with torch.inference_mode():
+            parts = edit_parts(spec, device, getattr(torch, dtype_name))
+            generator = torch.Generator(device).manual_seed(0)
+            edit_once(unet, parts, spec, sampler, generator)                     # warm-up
+            row["seconds"] = [loop_seconds(lambda: edit_once(unet, parts, spec, sampler, generator), device)
+                              for _ in range(args.repeat)]
+        row["median_s"], row["status"] = statistics.median(row["seconds"]), "ok"
+        print(f"  {case}: {row['median_s']:.2f} s per edit", flush=True)
+    except Exception as error:     # report the row as failed and go on with the others
+        traceback.print_exc()
+        row["status"] = failure(error)
+    return row
+
+
 # --- the table --------------------------------------------------------------------------------------------------
 
 def cell(value, digits: int = 1) -> str:
@@ -297,6 +364,18 @@ def table(results: dict) -> str:
         lines.append(f"| {row['dtype']} | {row['variant']} | {side_cell(ours, 'it_s')} | {side_cell(theirs, 'it_s')} "
                      f"| {cell(row.get('speedup'), 2)} | {side_cell(ours, 'peak_gib', 2)} "
                      f"| {side_cell(theirs, 'peak_gib', 2)} | {diff} |")
+    if results.get("edits"):
+        first = results["edits"][0]
+        lines += ["", f"The whole {first['image'][0]}² edit, one sample (ours): encode, Algorithm 1 (start "
+                      f"{EDIT_START}, CFG), decode", "",
+                  f"| case | sampler | steps (run) | dtype | seconds (median) | ÷ {first['case']} |",
+                  "| --- | --- | ---: | --- | ---: | ---: |"]
+        first = first.get("median_s")
+        for edit in results["edits"]:
+            seconds = edit.get("median_s")
+            lines.append(f"| {edit['case']} | {edit['sampler']} | {edit['steps']} ({edit['steps_run']}) "
+                         f"| {edit['dtype']} | {cell(seconds, 2) if seconds is not None else edit['status']} "
+                         f"| {cell(seconds / first, 2) if seconds is not None and first else '—'} |")
     lines += ["", "| target | measured | result |", "| --- | ---: | --- |"]
     lines += [f"| {t['target']} | {cell(t['value'], 2)} | {t['result']} |" for t in results["targets"]]
     return "\n".join(lines)
@@ -344,9 +423,11 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def plan(args) -> list:
-    """[(dtype, variant)] in the order measured: the compile rows last, as they take the longest."""
+    """[(dtype, variant or edit case)] in the order measured: the whole edits (EDIT_CASES) in the first dtype after
+    the loops, the compile rows last, as they take the longest."""
     rows = [(dtype, variant) for dtype in args.dtypes
             for variant in ("eager", *(["cuda-graph"] if args.cuda_graph else []))]
+    rows += [(args.dtypes[0], case) for case in EDIT_CASES]
     return rows + [(dtype, "compile") for dtype in args.compile_dtypes] if args.compile else rows
 
 
@@ -362,7 +443,7 @@ def header(args, spec, device: torch.device) -> dict:
             "diffusers": diffusers_version, "python": platform.python_version(), "model": spec.name,
             "latent": spec.image_size // 8, "steps": args.steps, "tokens": TOKENS, "guidance_scale": GUIDANCE_SCALE,
             "repeat": args.repeat, "compile_backend": args.compile_backend if args.compile else None,
-            "dry_run": args.dry_run, "rows": [], "targets": []}
+            "dry_run": args.dry_run, "rows": [], "edits": [], "targets": []}
 
 
 def main(argv=None) -> int:
@@ -396,7 +477,10 @@ def main(argv=None) -> int:
             reference, missing = diffusers_unet(ours)
             built = (dtype_name, {"ours": ours} | ({"diffusers": reference} if reference else {}), missing)
             del ours, reference
-        results["rows"].append(run_row(*built, variant, spec, side, sampler, device, args))
+        if variant in EDIT_CASES:
+            results["edits"].append(run_edit(variant, dtype_name, built[1]["ours"], spec, device, args))
+        else:
+            results["rows"].append(run_row(*built, variant, spec, side, sampler, device, args))
         results["targets"] = targets(results["rows"], results["machine"], args.dry_run)
         write(results, args.json)
     results["seconds"] = time.perf_counter() - started
@@ -407,6 +491,7 @@ def main(argv=None) -> int:
     print(f"\nwrote {args.json} ({results['seconds']:.0f} s)")
     failed = [row for row in results["rows"] if any(row[name].get("status", "").startswith("failed")
                                                     for name in ("ours", "diffusers"))]
+    failed += [edit for edit in results["edits"] if edit["status"].startswith("failed")]
     return 1 if failed else 0
 
 

@@ -5,7 +5,10 @@
 #   3. runs benchmarks/blended_diffusion_cost.py on the GPU: one step of Blended Diffusion (ADM 256² with CLIP
 #      guidance on 8 views) against one of BLD on the paper's LDM, float32, and their ratio an image;
 #   4. runs benchmarks/gpu_benchmark.py: the SD 1.5 UNet at 512², 50 steps with CFG, float16 and bfloat16,
-#      eager, CUDA graph and torch.compile, ours against diffusers; one JSON and a markdown table.
+#      eager, CUDA graph and torch.compile, ours against diffusers; then, before the compile rows, the whole
+#      512² edit in float16 (encode, Algorithm 1 at start 0.25 with CFG, decode; one sample, random SD 1.5
+#      weights) with DDIM at 50 steps and with DPM-Solver++(2M) at its default 30 (rows edit512-ddim50 and
+#      edit512-dpm30, a few seconds each); one JSON and a markdown table.
 #
 # Here, once (the wheels the GPU machine lacks, about 9 MB; .whl/ is ignored by git):
 #     make gpu-wheels

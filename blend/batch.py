@@ -91,7 +91,7 @@ from .editor import edit, load_model
 from .errors import EditInputError
 from .images import read_image, read_mask
 from .manifest import ManifestError, output_blocker, read_manifest
-from .options import DEFAULT_MODELS, LATENT_METHODS, warn_if_large
+from .options import DEFAULT_MODELS, LATENT_METHODS, default_steps, warn_if_large
 
 FAILURES = "failures.jsonl"
 # The final barrier waits for the slowest process; its share may take days, so wait that long.
@@ -311,9 +311,10 @@ class Worker:
         if item.method in LATENT_METHODS:
             model = self.load(item.method)
             if item.method == "repaint":
-                self.process.say(f"{item.id}: " + repaint_cost_line(item.options.get("steps", 50),
-                                                                    item.options.get("jump_length", 10),
-                                                                    item.options.get("jump_n_sample", 10)))
+                options = item.options
+                steps = default_steps("repaint") if options.get("steps") is None else options["steps"]
+                self.process.say(f"{item.id}: " + repaint_cost_line(steps, options.get("jump_length", 10),
+                                                                    options.get("jump_n_sample", 10)))
             results = edit(image, mask, item.prompt, model=model, method=item.method, seed=item.seed,
                            device=str(self.device), ranker=self.ranker, **item.options)
             mask = results_mask(results, mask, image)

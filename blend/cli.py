@@ -79,14 +79,17 @@ from .editor import EditInputError, edit, load_model
 from .images import mask_to_image, read_image, read_mask
 from .options import (
     DEFAULT_MODELS,
+    DEFAULT_STEPS,
     DEFAULT_STRENGTH,
     INPAINTING_MODEL_NAMES,
     LARGE_SIZE,
     LATENT_METHODS,
     METHODS,
     PIXEL_MODEL_SUFFIXES,
+    REPAINT_STEPS,
     SAMPLERS,
     default_sampler,
+    default_steps,
     inpainting_problem,
     method_problem,
     option_problem,
@@ -171,10 +174,14 @@ def add_edit_options(parser: argparse.ArgumentParser) -> None:
         "the latent methods: bld, sdedit, repaint, diffedit, inpaint",
         "Their shared options, on the same latent model. --sampler: bld (its paper variant), sdedit and inpaint\n"
         "take all three, diffedit ddim only, repaint none (its jump schedule has its own DDIM and undo steps).")
-    latent.add_argument("--steps", type=int, default=50,
+    latent.add_argument("--steps", type=int, default=None,
                         help="the sampler's steps S: 1 to 999 (1 to 1000 with --variant official, whose timestep "
                              "offset is 0; 1 to 500 for the LDM's uniform timesteps; 1 to 1000 for repaint, whose "
-                             "N steps have no offset); default 50")
+                             "N steps have no offset); default: the sampler's, "
+                             + ", ".join(f"{steps} for {name}" for name, steps in DEFAULT_STEPS.items())
+                             + f" (where DPM-Solver++(2M) matches DDIM-{DEFAULT_STEPS['ddim']}'s error on the exact "
+                               f"toy model: benchmarks/README.md, \"Samplers against the exact solution\"), "
+                               f"{REPAINT_STEPS} for repaint")
     latent.add_argument("--guidance", type=float, default=None,
                         help="classifier-free guidance scale, any finite number (default: the model's, 7.5 for SD, "
                              "5 for SDXL and the LDM, 1.0 for the toy)")
@@ -383,7 +390,8 @@ def edit_and_write(args: argparse.Namespace, image: Image.Image, mask, output: "
             return 1
 
     if args.method == "repaint":  # its cost, before the run
-        print(repaint_cost_line(args.steps, args.jump_length, args.jump_n_sample), file=sys.stderr)
+        steps = default_steps("repaint") if args.steps is None else args.steps
+        print(repaint_cost_line(steps, args.jump_length, args.jump_n_sample), file=sys.stderr)
     started = time.perf_counter()
     label = (f"{args.model} {args.variant} {args.sampler or default_sampler(args.variant)}" if args.method == "bld"
              else f"{args.model} {args.method}")

@@ -47,9 +47,11 @@ from .inpaint import inpaint, inpainting_mask, masked_image
 from .interfaces import StepCallback
 from .masks import resize_mask, threshold_mask
 from .options import (
+    DEFAULT_STEPS,
     DEFAULT_STRENGTH,
     SAMPLERS,
     default_sampler,
+    default_steps,
     inpainting_problem,
     is_inpainting_model,
     method_problem,
@@ -95,7 +97,7 @@ def working_size(image_size: tuple, long_side: int, multiple: int = 64) -> tuple
 
 @torch.no_grad()
 def edit(image: ImageInput, mask: MaskInput | None, prompt: str, *,
-         model: str | Path | Components = "sd-2.1-base", method: str = "bld", steps: int = 50,
+         model: str | Path | Components = "sd-2.1-base", method: str = "bld", steps: int | None = None,
          guidance_scale: float | None = None, start: float = 0.25, num_samples: int = 4, seed: int = 42,
          variant: str = "paper", shrink: bool = False, reconstruction: str = "none", dtype: torch.dtype | None = None,
          device: str | None = None, size: int | None = None, callback: StepCallback | None = None,
@@ -120,8 +122,11 @@ def edit(image: ImageInput, mask: MaskInput | None, prompt: str, *,
     Options that `method` does not take (blend.options.METHOD_OPTIONS) must keep their defaults: start, variant,
     shrink, reconstruction and vae are bld's. sampler: "ddim" only for sdedit, diffedit and inpaint (None: their
     own), none for repaint.
+    steps: the sampler's steps; None: the sampler's default (blend.options.default_steps: 50 for DDIM and Euler, 30
+    for DPM-Solver++(2M), where on the exact toy model it matches DDIM-50's error; 50 for repaint).
     mask_from: a reference text ("" for the unconditional model, the paper's choice for ImageNet): the mask is
-    DiffEdit's step 1 (blend.diffedit.estimate_mask) of `prompt` against it, at latent resolution, used as it is
+    DiffEdit's step 1 (blend.diffedit.estimate_mask) of `prompt` against it, at latent resolution (with DDIM at
+    `steps`, or DDIM's default 50 when None, so that mask_from_prompt gives the same mask), used as it is
     by the method, and nearest-upsampled to the photograph for ranking; pass mask=None. Each result then carries
     that pixel mask as `info["mask"]` ((H, W) 0/1 float32), for the caller to show or save. Draw order: z_init
     (a posterior sample for the LDM), the mask's noise, then the method's draws.
@@ -153,6 +158,8 @@ def edit(image: ImageInput, mask: MaskInput | None, prompt: str, *,
         encode_ratio=encode_ratio, mask_from=mask_from) or mask_problem(method, mask, mask_from, prompt)
     if problem:  # before any model is loaded (blend/options.py has the ranges)
         raise EditInputError(problem)
+    mask_steps = DEFAULT_STEPS["ddim"] if steps is None else steps     # the estimate's own sampler is DDIM
+    steps = default_steps(method, sampler, variant) if steps is None else steps
     warn_if_large(size)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     source = read_image(image)
@@ -179,7 +186,7 @@ def edit(image: ImageInput, mask: MaskInput | None, prompt: str, *,
     size_wh, x, generator, z_init = prepared(components, source, size, device, seed)
     cond, uncond = conditioning(components, prompt, size_wh, device)
     if mask_from is not None:                                  # DiffEdit's step 1, at latent resolution
-        m_latent = estimated_mask(components, z_init, cond, uncond, mask_from, size_wh, steps=steps,
+        m_latent = estimated_mask(components, z_init, cond, uncond, mask_from, size_wh, steps=mask_steps,
                                   guidance_scale=guidance_scale, generator=generator, prompt=prompt)
         pixel_mask = upsampled(m_latent, source.size)
     elif pixel_mask is None:                                   # SDEdit without a mask: the whole photograph
@@ -245,14 +252,16 @@ def edit(image: ImageInput, mask: MaskInput | None, prompt: str, *,
 
 @torch.no_grad()
 def mask_from_prompt(image: ImageInput, prompt: str, reference: str = "", *,
-                     model: str | Path | Components = "sd-2.1-base", steps: int = 50,
+                     model: str | Path | Components = "sd-2.1-base", steps: int | None = None,
                      guidance_scale: float | None = None, seed: int = 42, size: int | None = None,
                      dtype: torch.dtype | None = None, device: str | None = None) -> np.ndarray:
     """DiffEdit's step 1 as a tool: the (H, W) 0/1 float32 mask, at the photograph's size (1 = edit), where
     `prompt` and the `reference` text predict different noise (blend.diffedit.estimate_mask: ten copies of the
     source latent noised to half the `steps`' noise, the differences averaged, thresholded at 1.5× their mean),
     nearest-upsampled from latent resolution. The same mask as `edit(..., mask_from=reference)` with the same model,
-    steps, guidance, seed and size: blend.app's "Mask from prompt" button paints it for the user to refine."""
+    steps, guidance, seed and size (steps None: DDIM's default 50, as edit's estimate without steps, whatever its
+    sampler): blend.app's "Mask from prompt" button paints it for the user to refine."""
+    steps = DEFAULT_STEPS["ddim"] if steps is None else steps
     problem = (option_problem(steps=steps, guidance_scale=guidance_scale, seed=seed, size=size, device=device,
                               model=model, mask_from=reference, method=latent_method_of(model))
                or mask_problem("bld", None, reference, prompt))

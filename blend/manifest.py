@@ -15,7 +15,8 @@ the latent methods "steps", "guidance", "sampler", "size" and "mask-from"; for "
 the method that takes it (blend.options.METHOD_OPTIONS); the command line's options that the line's
 method does not take do not apply to the line. Relative image and mask paths are taken from the
 manifest's folder. A "sampler" that the line's (or the command line's) "variant" or method cannot run is
-refused like any option out of range.
+refused like any option out of range. Without "steps" (or with "steps": null) and without --steps, a line runs
+the steps of the sampler it runs (blend.options.default_steps: 30 for "dpm++2m", 50 for the others and repaint).
 
 "mask-from": a reference text ("" for the unconditional model): the item's mask is estimated from its
 prompt against it (DiffEdit's step 1), written as <id>/mask-from.png. It replaces "mask": a line with

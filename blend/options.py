@@ -6,7 +6,8 @@ and exits with status 2. The ranges:
 
     steps            1 … 999 with SD's timestep offset 1 (the paper variant), 1 … 1000 with offset 0
                      (--variant official): "leading" timesteps i·(1000 // S) + offset must stay below
-                     T = 1000 (samplers.ddim_timesteps decides)
+                     T = 1000 (samplers.ddim_timesteps decides). None: the sampler's default (default_steps:
+                     DEFAULT_STEPS, 50 for DDIM and Euler, 30 for DPM-Solver++(2M))
     start            finite, in [0, 1): the loop skips int(steps · start) steps, which is then below
                      steps (also in floating point), so at least one step runs
     guidance_scale   any finite number (None: the model's default)
@@ -93,6 +94,11 @@ CLI_FLAGS = {"num_samples": "--samples", "guidance_scale": "--guidance", "clip_g
 MODEL_FILE_SUFFIXES = (".safetensors", *PICKLE_SUFFIXES)
 # --sampler's names: line 5 of Algorithm 1 as DDIM (η = 0), Karras' Euler, or DPM-Solver++(2M)
 SAMPLERS = {"ddim": DDIMSampler, "euler": EulerSampler, "dpm++2m": DPMSolverSampler}
+# The steps each sampler runs when none are given (--steps, steps=None). DDIM's 50 are the paper's and the official
+# scripts', Euler keeps them; DPM-Solver++(2M) matches DDIM-50's error at 30 steps on the exact toy model
+# (benchmarks/README.md, "Samplers against the exact solution": RMS 2.8e-5 and max 1.6e-3 against 4.7e-5 and 2.0e-3).
+DEFAULT_STEPS = {"ddim": 50, "euler": 50, "dpm++2m": 30}
+REPAINT_STEPS = 50   # RePaint's N, whatever the sampler: its jump schedule (jump length 10, 10 passes) assumes it
 # The --sampler names each of the new latent methods runs, its own first (bld's depend on its variant: samplers_of;
 # RePaint takes none: its jump schedule has its own DDIM steps and undo steps; DiffEdit inverts with DDIM)
 METHOD_SAMPLERS = {"sdedit": tuple(SAMPLERS), "diffedit": ("ddim",), "inpaint": tuple(SAMPLERS)}
@@ -187,6 +193,16 @@ def samplers_of(variant: str) -> tuple:
 def default_sampler(variant: str) -> str:
     """The sampler a variant runs when none is named: DDIM, or Euler for the official SDXL loop."""
     return samplers_of(variant)[0]
+
+
+def default_steps(method: str = "bld", sampler: str | None = None, variant: str = "paper") -> int:
+    """The steps a latent method runs when none are given: those of the sampler it runs (DEFAULT_STEPS), the one named
+    or else its own (bld's variant's, DDIM for the others); RePaint's REPAINT_STEPS."""
+    if method == "repaint":
+        return REPAINT_STEPS
+    if sampler is None:
+        sampler = default_sampler(variant) if method == "bld" else METHOD_SAMPLERS[method][0]
+    return DEFAULT_STEPS[sampler]
 
 
 def _namer(cli: bool, manifest: bool):
@@ -294,12 +310,13 @@ def pixel_option_problem(*, method="blended-diffusion", model="adm-256-uncond", 
     return pixel_model_problem(model, cli=cli, manifest=manifest)
 
 
-def option_problem(*, steps=50, start=0.25, guidance_scale=None, num_samples=1, seed=42, size=None, device=None,
+def option_problem(*, steps=None, start=0.25, guidance_scale=None, num_samples=1, seed=42, size=None, device=None,
                    variant="paper", reconstruction="none", model="toy", rank=None, cli=False,
                    manifest=False, vae=None, sampler=None, method="bld", strength=None, jump_length=10,
                    jump_n_sample=10, encode_ratio=0.8, mask_from=None) -> str | None:
     """The first option of a latent method out of its range, as one sentence naming the option as the caller
-    spelled it. (Which options a method takes at all is `method_problem`'s: give the others their defaults.)"""
+    spelled it. (Which options a method takes at all is `method_problem`'s: give the others their defaults.)
+    steps None is the sampler's default (default_steps), checked as if given."""
     named = _namer(cli, manifest)
     if method not in LATENT_METHODS:
         return (f"{named('method', method)}: expected one of the latent methods {', '.join(LATENT_METHODS)} "
@@ -333,6 +350,8 @@ def option_problem(*, steps=50, start=0.25, guidance_scale=None, num_samples=1, 
         if problem:
             return (f"{named('vae', vae)}: {problem}; expected 'fp16-fix' (madebyollin/sdxl-vae-fp16-fix) or a "
                     f"diffusers vae/ folder ({' + '.join(VAE_FILES)})")
+    if steps is None:
+        steps = default_steps(method, sampler, variant)
     for option, value, low in (("steps", steps, 1), ("num_samples", num_samples, 1), ("seed", seed, 0)):
         problem = _whole_number_problem(named, option, value, low)
         if problem:

@@ -89,7 +89,7 @@ def test_parser_takes_the_methods_and_bld_with_its_options_is_the_default():
     assert METHODS == ("bld", "sdedit", "repaint", "diffedit", "inpaint", "blended-diffusion", "local-clip")
     assert args.method == "bld" and not args.given
     assert (args.model, args.steps, args.start, args.samples, args.variant, args.reconstruction, args.shrink) == (
-        "sd-2.1-base", 50, 0.25, 4, "paper", "none", False)
+        "sd-2.1-base", None, 0.25, 4, "paper", "none", False)
     for method in PIXEL:
         assert parse_args(["--method", method]).method == method
 

@@ -12,7 +12,7 @@ from blend import edit
 from blend.batch import main as batch_main
 from blend.cli import EXAMPLE_IMAGE, EXAMPLE_MASK, main
 from blend.editor import EditInputError, build_sampler
-from blend.options import SAMPLERS, default_sampler, samplers_of
+from blend.options import DEFAULT_STEPS, SAMPLERS, default_sampler, default_steps, samplers_of
 from samplers import DDIMSampler, DPMSolverSampler, EulerSampler
 
 
@@ -165,3 +165,91 @@ def test_app_form_takes_the_sampler_empty_is_the_variants_and_a_refusal_is_the_c
     finally:
         server.server_close()
     assert info["samplers"] == ["ddim", "euler", "dpm++2m"] and info["defaults"]["sampler"] == ""
+
+
+# ----------------------------------------------------------------------------- the steps each sampler runs by default
+@pytest.fixture
+def built_samplers(monkeypatch):
+    """[(sampler name, steps)] of every sampler blend.edit builds (the toy runs for real)."""
+    import blend.editor
+    built, real = [], blend.editor.build_sampler
+    monkeypatch.setattr(blend.editor, "build_sampler", lambda name, spec, steps, *args: built.append((name, steps))
+                        or real(name, spec, steps, *args))
+    return built
+
+
+def test_default_steps_follow_the_toy_sampler_table_and_repaint_keeps_50():
+    assert DEFAULT_STEPS == {"ddim": 50, "euler": 50, "dpm++2m": 30}
+    assert default_steps() == default_steps("bld", "ddim") == default_steps("bld", variant="official") == 50
+    assert default_steps("bld", variant="official-sdxl") == default_steps("sdedit", "euler") == 50
+    assert default_steps("bld", "dpm++2m") == default_steps("inpaint", "dpm++2m") == 30
+    assert default_steps("diffedit") == default_steps("sdedit") == 50
+    assert default_steps("repaint") == 50
+
+
+@pytest.mark.parametrize("sampler, steps", [(None, 50), ("ddim", 50), ("euler", 50), ("dpm++2m", 30)])
+def test_edit_without_steps_runs_the_samplers_default(built_samplers, sampler, steps):
+    edit(EXAMPLE_IMAGE, EXAMPLE_MASK, "a cat", model="toy", num_samples=1, size=16, sampler=sampler)
+    assert built_samplers == [(sampler or "ddim", steps)]
+
+
+def test_edit_with_steps_runs_them_whatever_the_sampler(built_samplers):
+    edit(EXAMPLE_IMAGE, EXAMPLE_MASK, "a cat", model="toy", num_samples=1, size=16, sampler="dpm++2m", steps=12)
+    edit(EXAMPLE_IMAGE, EXAMPLE_MASK, "a cat", model="toy", num_samples=1, size=16, method="sdedit", steps=50,
+         sampler="dpm++2m")
+    assert built_samplers == [("dpm++2m", 12), ("dpm++2m", 50)]
+
+
+def test_edit_estimates_the_mask_at_ddims_default_so_mask_from_prompt_gives_the_same(built_samplers):
+    edit(EXAMPLE_IMAGE, None, "a cat", model="toy", num_samples=1, size=16, method="sdedit", sampler="dpm++2m",
+         mask_from="coffee")
+    assert built_samplers == [("ddim", 50), ("dpm++2m", 30)]     # the estimate's DDIM, then the method's sampler
+
+
+@pytest.mark.parametrize("arguments, steps", [([], 50), (["--sampler", "euler"], 50), (["--sampler", "dpm++2m"], 30),
+                                              (["--sampler", "dpm++2m", "--steps", "50"], 50),
+                                              (["--steps", "7"], 7)])
+def test_cli_runs_the_samplers_default_steps_unless_steps_is_given(tmp_path, capsys, built_samplers, arguments,
+                                                                   steps):
+    assert main(["--model", "toy", "--samples", "1", "--size", "16", "--out", str(tmp_path / "o"), *arguments]) == 0
+    assert [steps for _, steps in built_samplers] == [steps] and str(tmp_path / "o") in capsys.readouterr().out
+
+
+def test_cli_help_gives_each_samplers_default_steps_and_where_they_come_from(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "default: the sampler's, 50 for ddim, 50 for euler, 30 for dpm++2m" in help_text, help_text
+    assert 'benchmarks/README.md, "Samplers against the exact solution"' in help_text and "50 for repaint" in help_text
+
+
+def test_batch_line_runs_its_samplers_default_steps_and_given_steps_win(tmp_path, built_samplers):
+    manifest = write_manifest(tmp_path, {"id": "dpm", "sampler": "dpm++2m"}, {"id": "ddim"},
+                              {"id": "given", "sampler": "dpm++2m", "steps": 9})
+    assert batch_main([manifest, "--out", str(tmp_path / "out"), "--model", "toy", "--samples", "1",
+                       "--size", "16"]) == 0
+    assert built_samplers == [("dpm++2m", 30), ("ddim", 50), ("dpm++2m", 9)]
+    built_samplers.clear()
+    assert batch_main([manifest, "--out", str(tmp_path / "again"), "--model", "toy", "--samples", "1", "--size", "16",
+                       "--steps", "6"]) == 0                                  # --steps for the lines without "steps"
+    assert built_samplers == [("dpm++2m", 6), ("ddim", 6), ("dpm++2m", 9)]
+
+
+def test_app_form_empty_steps_is_the_samplers_default(tmp_path, built_samplers):
+    from blend.app import EditServer
+    from blend.app.form import edit_request
+    toy = weights.load("toy")
+    fields = {"image": ("photo.png", png(EXAMPLE_IMAGE)), "mask": ("mask.png", png(EXAMPLE_MASK, mode="L")),
+              "prompt": (None, b"a cat"), "sampler": (None, b"dpm++2m")}
+    ask = dict(model_name="toy", components=toy, output_root=tmp_path)
+    assert edit_request({**fields, "steps": (None, b"")}, **ask).options["steps"] is None
+    assert edit_request({**fields, "steps": (None, b"12")}, **ask).options["steps"] == 12
+    request = edit_request(fields, **ask)
+    edit(request.image, request.mask, request.prompt, model=toy, **{**request.options, "num_samples": 1, "size": 16})
+    assert built_samplers == [("dpm++2m", 30)]
+    server = EditServer(toy, "toy", tmp_path, port=0, quiet=True)
+    try:
+        info = server.info()
+    finally:
+        server.server_close()
+    assert info["defaults"]["steps"] == "" and info["default_steps"] == DEFAULT_STEPS and info["repaint_steps"] == 50

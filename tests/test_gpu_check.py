@@ -16,6 +16,10 @@ DRY_RUN_ROWS = [("float32", "eager"), ("float32", "cuda-graph"), ("bfloat16", "e
 # 2^-8, over a few layers); a different computation differs by O(1).
 SAME_WORK = {"float32": 1e-5, "bfloat16": 5e-2}
 TABLE_HEADER = "| dtype | variant | ours it/s | diffusers it/s |"
+# The whole edit, after the loops and before the compile rows: DDIM at 50 steps, DPM-Solver++(2M) at its default 30
+# (the dry run: 3 steps each, the tiny preset at 64²)
+DRY_RUN_EDITS = ["edit512-ddim50", "edit512-dpm30"]
+EDIT_TABLE_HEADER = "| case | sampler | steps (run) | dtype | seconds (median) | ÷ edit512-ddim50 |"
 
 
 def environment(**extra) -> dict:
@@ -44,8 +48,15 @@ def test_gpu_check_dry_run_writes_every_row_to_the_json_and_prints_the_table(tmp
         else:
             assert row["diffusers"]["status"].startswith("missing")
     assert [target["result"] for target in results["targets"]] == ["n/a (dry run)"] * 2
+    assert [edit["case"] for edit in results["edits"]] == DRY_RUN_EDITS
+    for edit, sampler in zip(results["edits"], ["ddim", "dpm++2m"], strict=True):
+        assert edit["status"] == "ok" and edit["sampler"] == sampler and edit["dtype"] == "float32"
+        assert edit["steps"] == 3 and edit["image"] == [64, 64] and len(edit["seconds"]) == 3 and edit["median_s"] > 0
+    log = (tmp_path / "gpu-benchmark.log").read_text()
+    assert log.index("edit512-dpm30:") < log.index("float32 compile ...")        # the edits before the compile rows
     table = (tmp_path / "gpu-benchmark.md").read_text()
-    assert TABLE_HEADER in table and table in run.stdout
+    assert TABLE_HEADER in table and EDIT_TABLE_HEADER in table and table in run.stdout
+    assert "| edit512-dpm30 | dpm++2m | 3 (3) | float32 |" in table
     assert "| float32 | compile |" in table and "| target | measured | result |" in table
     assert "gpu-marked tests: skipped (dry run)" in run.stdout and "benchmark: every row measured" in run.stdout
     assert {"environment.txt", "gpu-benchmark.log"} <= {path.name for path in tmp_path.iterdir()}
@@ -88,3 +99,12 @@ def test_targets_pass_or_fail_on_an_h200_from_the_best_float16_row_and_the_eager
     assert [t["result"] for t in targets(rows, "NVIDIA A100-SXM4-40GB", dry_run=False)] == \
         ["n/a (targets are for an H100/H200)"] * 2
     assert [t["result"] for t in targets([], "NVIDIA H200", dry_run=False)] == ["missing"] * 2
+
+
+def test_plan_times_the_whole_edit_in_float16_with_ddim_at_50_and_dpm_solver_at_30_before_the_compile_rows():
+    from benchmarks.gpu_benchmark import EDIT_CASES, parse_args, plan
+
+    assert EDIT_CASES == {"edit512-ddim50": "ddim", "edit512-dpm30": "dpm++2m"}
+    assert plan(parse_args(["--compile", "--cuda-graph"])) == [
+        ("float16", "eager"), ("float16", "cuda-graph"), ("bfloat16", "eager"), ("bfloat16", "cuda-graph"),
+        ("float16", "edit512-ddim50"), ("float16", "edit512-dpm30"), ("float16", "compile")]

@@ -10,7 +10,8 @@ Fields (the option fields are named as `python -m blend`'s long options and take
                                             local-clip; empty or absent: bld
     samples seed                            numbers; empty or absent: the CLI's default
   for the latent methods (bld, sdedit, repaint, diffedit, inpaint):
-    steps guidance size                     numbers; empty or absent: the CLI's default
+    steps guidance size                     numbers; empty or absent: the CLI's default (steps: the sampler's,
+                                            blend.options.default_steps)
     sampler                                 ddim, euler or dpm++2m; empty or absent: the method's own
     rank                                    a CLIP name (ViT-B/16, …); empty or absent: no ranking
   for bld:
@@ -32,8 +33,8 @@ server loads when the first job asks for it. An inpainting model serves inpaint 
 model serves the four others (`model_methods`).
 
 POST /api/mask-from's form (`mask_from_request`): image, prompt, reference (what the region shows now; empty:
-the unconditional model), and optionally seed, steps, guidance and size, checked as the CLI checks them; the
-server answers blend.editor.mask_from_prompt's mask as a PNG.
+the unconditional model), and optionally seed, steps (absent: DDIM's default, the estimate's sampler), guidance
+and size, checked as the CLI checks them; the server answers blend.editor.mask_from_prompt's mask as a PNG.
 Beyond the CLI's checks, a form is refused when its prompt is empty, when rank is not one of the CLIP
 names (a form names no file on the server), and when the job would not fit in memory:
 
@@ -244,7 +245,7 @@ def mask_from_request(fields: dict, *, model_name: str, components) -> tuple:
                 options[name] = kind(value)
             except ValueError:  # argparse's words
                 raise FormError(f"argument --{name}: invalid {kind.__name__} value: {value!r}") from None
-    keywords = {"steps": options.get("steps", 50), "guidance_scale": options.get("guidance"),
+    keywords = {"steps": options.get("steps"), "guidance_scale": options.get("guidance"),
                 "seed": options.get("seed", 42), "size": options.get("size")}
     problem = option_problem(**keywords, model=model_name, mask_from=reference, cli=True,
                              method=latent_method_of(components))

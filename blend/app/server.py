@@ -7,7 +7,8 @@ a name taken from the URL):
     GET  /example.jpg              the shipped example photograph; /example_mask.png its mask
     GET  /api/info                 {"model", "pixel_model", "methods", "model_methods" (the latent methods the
                                    loaded model serves), "variants", "samplers", "reconstructions", "clip_names",
-                                   "defaults", "max_upload"}
+                                   "default_steps" (each sampler's, blend.options.DEFAULT_STEPS), "repaint_steps",
+                                   "defaults" (steps "": the sampler's), "max_upload"}
     POST /api/edit                 multipart form (blend.app.form) → 202 {"job": ID}; 400 {"error"} for bad
                                    input, with the CLI's message; 413 beyond max_upload bytes; 503 when the
                                    queue is full
@@ -43,7 +44,7 @@ from ..algorithm import VARIANTS
 from ..cli import EXAMPLE_IMAGE, EXAMPLE_MASK, EXAMPLE_PROMPT, parse_args
 from ..editor import mask_from_prompt
 from ..errors import EditInputError
-from ..options import METHODS, SAMPLERS
+from ..options import DEFAULT_STEPS, METHODS, REPAINT_STEPS, SAMPLERS
 from ..reconstruction import MODES
 from .form import FormError, edit_request, mask_from_request, model_methods, parse_multipart, pixel_model_name
 from .jobs import JobQueue, QueueFull
@@ -105,9 +106,10 @@ class EditServer(ThreadingHTTPServer):
         return {"model": self.model_name, "pixel_model": self.jobs.pixel_model, "methods": list(METHODS),
                 "model_methods": model_methods(self.components),
                 "variants": list(VARIANTS), "samplers": list(SAMPLERS), "reconstructions": list(MODES),
+                "default_steps": dict(DEFAULT_STEPS), "repaint_steps": REPAINT_STEPS,
                 "clip_names": list(CLIP_NAMES), "max_upload": self.max_upload,
                 "defaults": {"prompt": EXAMPLE_PROMPT, "method": model_methods(self.components)[0],
-                             "steps": defaults.steps,
+                             "steps": "" if defaults.steps is None else defaults.steps,
                              "samples": defaults.samples, "guidance": self.components.spec.guidance_scale,
                              "start": defaults.start, "seed": defaults.seed, "variant": defaults.variant,
                              "sampler": defaults.sampler or "", "shrink": defaults.shrink,

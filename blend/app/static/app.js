@@ -299,6 +299,10 @@ async function start() {
     if (!element) continue;
     if (element.type === "checkbox") element.checked = Boolean(value); else element.value = value;
   }
+  const perSampler = Object.entries(info.default_steps).map(([name, steps]) => `${name} ${steps}`).join(", ");
+  form.elements.steps.closest("label").title = `empty: the sampler's default steps (${perSampler}; `
+    + `repaint ${info.repaint_steps}); DPM-Solver++(2M) matches DDIM-${info.default_steps.ddim}'s error there `
+    + "on the exact toy model";
   form.elements.method.title = `bld, sdedit, repaint, diffedit and inpaint run ${info.model}; `
     + `blended-diffusion and local-clip run ${info.pixel_model}`;
   for (const option of form.elements.method.options) {  // a latent method the loaded model cannot run
