@@ -31,6 +31,17 @@ difference of the outputs (the check that both did the same work). Cases:
                      (about 20 min in float32 at 512² on 2 cores; --edit-size, --edit-steps and
                      --edit-samples shrink it)
 
+OpenVINO, a third side on the CPU in float32 for unet32, unet64 and vae_decode (the benchmark extra,
+`pip install ".[benchmark]"`; `make benchmark` installs it): our plain network, with the weights the other
+two sides hold and before `fast.optimize`, converted with `openvino.convert_model(module, example_input=...)`
+and compiled with `openvino.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})` (otherwise
+OpenVINO's defaults: the LATENCY hint, all cores; the precision is pinned because OpenVINO's default on a
+CPU with bf16 is bf16). Its calls alternate with the other two (ours, reference, OpenVINO in even rounds,
+the reverse in odd ones), and its output is checked against ours. Without openvino its columns read "–".
+GFLOP/s: each case's floating-point operations, counted once with `torch.utils.flop_counter.FlopCounterMode`
+on our plain network (on the meta device: 2 per multiply-add, as torch counts), over each side's median
+time; the reference line is this machine's float32 rate on a 4096×4096 matrix product.
+
 Memory: on the CPU, the peak resident memory during the call above the resident memory just before it
 (VmHWM is reset through /proc/self/clear_refs; Linux), that is, what the call allocates; on a GPU,
 `torch.cuda.max_memory_allocated` during the call, weights included. The table is printed and written
@@ -48,6 +59,7 @@ import time
 from pathlib import Path
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 import fast
 
@@ -63,6 +75,8 @@ DEFAULT_CASES = CASES[:-1]                                # whole_edit takes ten
 # CPU targets: time ours/reference, per dtype; whole_edit's is its bfloat16 time over its float32 time.
 TARGETS = {"float32": {"unet32": 0.85, "unet64": 0.85, "vae_decode": 0.9},
            "bfloat16": {"unet32": 0.65, "unet64": 0.65, "whole_edit": 0.33}}
+OPENVINO_CASES = ("unet32", "unet64", "vae_decode")    # float32 on the CPU only
+SIDES = ("ours", "reference", "openvino")
 CPU_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx_vnni", "avx512f", "avx512bw", "avx512vl", "avx512_vnni",
              "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8", "asimd", "sve", "bf16")
 
@@ -93,28 +107,41 @@ def measure(fn, device: torch.device) -> tuple:
     return seconds, peak, output
 
 
-def compare(name: str, dtype: torch.dtype, ours, reference, device: torch.device, repeat: int, warmup: bool) -> dict:
-    """Alternate ours() and reference() `repeat` times each; medians, ratio and output difference."""
+def compare(name: str, dtype: torch.dtype, ours, reference, device: torch.device, repeat: int, warmup: bool,
+            openvino=None, flops: int | None = None) -> dict:
+    """Alternate ours(), reference() and, where given, openvino() `repeat` times each: medians, ratios, output
+    differences (ours against the reference, OpenVINO against ours) and, where flops is given, GFLOP/s."""
+    sides = {"ours": ours, "reference": reference}
+    if openvino is not None:
+        sides["openvino"] = openvino
     if warmup:                                            # first calls pay one-time costs (kernel setup)
-        ours(), reference()
-    times, peaks = {"ours": [], "reference": []}, {"ours": [], "reference": []}
-    outputs = {}
+        for fn in sides.values():
+            fn()
+    times, peaks, outputs = {side: [] for side in sides}, {side: [] for side in sides}, {}
     for round_ in range(repeat):
-        order = [("ours", ours), ("reference", reference)]
+        order = list(sides.items())
         for side, fn in order if round_ % 2 == 0 else order[::-1]:
             seconds, peak, outputs[side] = measure(fn, device)
             times[side].append(seconds)
             peaks[side].append(peak)
     row = {"case": name, "dtype": dtype_name(dtype), "repeat": repeat}
-    for side in ("ours", "reference"):
-        row[f"{side}_s"] = statistics.median(times[side])
-        row[f"{side}_peak_mib"] = statistics.median(peaks[side]) / 2**20
-        row[f"{side}_times"] = times[side]
+    for side in SIDES:
+        row[f"{side}_s"] = statistics.median(times[side]) if side in sides else None
+        row[f"{side}_peak_mib"] = statistics.median(peaks[side]) / 2**20 if side in sides else None
+        row[f"{side}_times"] = times.get(side)
     row["ratio"] = row["ours_s"] / row["reference_s"]
     row["max_rel_diff"] = max_relative_error(outputs["ours"], outputs["reference"])
+    row["ratio_openvino"] = row["ours_s"] / row["openvino_s"] if openvino is not None else None
+    row["openvino_max_rel_diff"] = (max_relative_error(outputs["openvino"], outputs["ours"])
+                                    if openvino is not None else None)
+    row["gflop"] = flops / 1e9 if flops is not None else None
+    for side in SIDES:
+        row[f"{side}_gflops"] = flops / 1e9 / row[f"{side}_s"] if flops is not None and side in sides else None
+    openvino_note = (f"; OpenVINO {row['openvino_s']:.3f} s, ours/OpenVINO {row['ratio_openvino']:.2f}, "
+                     f"differs from ours by {row['openvino_max_rel_diff']:.1e}" if openvino is not None else "")
     print(f"  {name} {row['dtype']}: ours {row['ours_s']:.3f} s, reference {row['reference_s']:.3f} s, "
           f"ratio {row['ratio']:.2f}, peak {row['ours_peak_mib']:.0f} / {row['reference_peak_mib']:.0f} MiB, "
-          f"outputs differ by {row['max_rel_diff']:.1e}", flush=True)
+          f"outputs differ by {row['max_rel_diff']:.1e}{openvino_note}", flush=True)
     return row
 
 

@@ -85,10 +85,7 @@ def test_page_paints_a_stroke_with_pointer_events_and_the_toy_edits_inside_it_on
     photo.save(tmp_path / "photo.png")
     driver = chrome_driver()
     try:
-        driver.get(server.url)
-        wait_until(driver, "return document.body.dataset.ready", "start (load /api/info and the example)")
-        driver.find_element(By.ID, "photo-file").send_keys(str(tmp_path / "photo.png"))
-        wait_until(driver, f"return document.body.dataset.photo === '{width}x{height}'", "show the uploaded photo")
+        open_with_photo(driver, server.url, tmp_path / "photo.png", f"{width}x{height}")
         driver.find_element(By.ID, "clear").click()
         driver.execute_script("""
             const form = document.getElementById('options');
@@ -139,6 +136,16 @@ def test_page_paints_a_stroke_with_pointer_events_and_the_toy_edits_inside_it_on
           f"screenshot {artefacts / 'paint_and_edit.png'}")
 
 
+def open_with_photo(driver, url: str, photo, size: str) -> None:
+    """Load the page, wait for it, and upload `photo` (a file), waiting until the page shows it at `size` ("WxH")."""
+    from selenium.webdriver.common.by import By
+
+    driver.get(url)
+    wait_until(driver, "return document.body.dataset.ready", "start (load /api/info and the example)")
+    driver.find_element(By.ID, "photo-file").send_keys(str(photo))
+    wait_until(driver, f"return document.body.dataset.photo === '{size}'", "show the uploaded photo")
+
+
 def painted_mask(driver) -> np.ndarray:
     """The mask the page would send (its maskPng()), as (H, W) bool."""
     data_url = driver.execute_async_script("""
@@ -171,10 +178,7 @@ def test_brush_size_undo_eraser_and_clear_change_the_mask_the_page_sends(server,
     Image.open(EXAMPLE_IMAGE).convert("RGB").resize((128, 96)).save(tmp_path / "photo.png")
     driver = chrome_driver()
     try:
-        driver.get(server.url)
-        wait_until(driver, "return document.body.dataset.ready", "start")
-        driver.find_element(By.ID, "photo-file").send_keys(str(tmp_path / "photo.png"))
-        wait_until(driver, "return document.body.dataset.photo === '128x96'", "show the uploaded photo")
+        open_with_photo(driver, server.url, tmp_path / "photo.png", "128x96")
         canvas = driver.find_element(By.ID, "mask")
         assert not painted_mask(driver).any()                     # a new photo starts with an empty mask
         paint(driver, canvas, -0.25, -0.3, 0.3, brush=60)
@@ -217,10 +221,7 @@ def test_mask_from_prompt_fills_the_brush_layer_with_the_estimated_mask_which_th
                                 seed=7) > 0.5
     driver = chrome_driver()
     try:
-        driver.get(server.url)
-        wait_until(driver, "return document.body.dataset.ready", "start")
-        driver.find_element(By.ID, "photo-file").send_keys(str(tmp_path / "photo.png"))
-        wait_until(driver, "return document.body.dataset.photo === '128x96'", "show the uploaded photo")
+        open_with_photo(driver, server.url, tmp_path / "photo.png", "128x96")
         canvas = driver.find_element(By.ID, "mask")
         paint(driver, canvas, 0.4, -0.45, -0.3, brush=10)             # a stroke before: Undo brings it back
         before = painted_mask(driver)
