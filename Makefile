@@ -71,7 +71,9 @@ fixtures: setup-test
 
 # Ours against diffusers/transformers on the same weights, float32 and (where the CPU has it) bfloat16 in one
 # run (benchmarks/README.md); whole_edit is opt-in: make benchmark ARGS="--only whole_edit".
+# The benchmark extra adds OpenVINO as a third side (numpy and openvino-telemetry beside it; it pulls no torch).
 benchmark: setup-test
+	$(PIP) install -q -e ".[benchmark]"
 	$(PY) -m benchmarks.versus_diffusers $(ARGS)
 
 # The wheels that benchmarks/gpu_check.sh installs on a GPU machine with no network (Python 3.12, x86-64):

@@ -34,10 +34,12 @@ difference of the outputs (the check that both did the same work). Cases:
 OpenVINO, a third side on the CPU in float32 for unet32, unet64 and vae_decode (the benchmark extra,
 `pip install ".[benchmark]"`; `make benchmark` installs it): our plain network, with the weights the other
 two sides hold and before `fast.optimize`, converted with `openvino.convert_model(module, example_input=...)`
-and compiled with `openvino.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})` (otherwise
+and, reshaped to the static input shapes of each case, compiled with
+`openvino.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})` (otherwise
 OpenVINO's defaults: the LATENCY hint, all cores; the precision is pinned because OpenVINO's default on a
 CPU with bf16 is bf16). Its calls alternate with the other two (ours, reference, OpenVINO in even rounds,
-the reverse in odd ones), and its output is checked against ours. Without openvino its columns read "–".
+the reverse in odd ones), and its output is checked against ours. Without openvino (or with
+--no-openvino) its columns read "–".
 GFLOP/s: each case's floating-point operations, counted once with `torch.utils.flop_counter.FlopCounterMode`
 on our plain network (on the meta device: 2 per multiply-add, as torch counts), over each side's median
 time; the reference line is this machine's float32 rate on a 4096×4096 matrix product.
@@ -56,6 +58,7 @@ import os
 import platform
 import statistics
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -159,6 +162,78 @@ def dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
+# --- OpenVINO and FLOPs ---------------------------------------------------------------------------
+
+OPENVINO_MISSING = "openvino is not installed: its columns read \"–\" (`make benchmark` installs it)"
+OPENVINO_CONFIG = {"INFERENCE_PRECISION_HINT": "f32"}   # the rest as OpenVINO sets it by default
+OPENVINO_PROPERTIES = ("PERFORMANCE_HINT", "INFERENCE_PRECISION_HINT", "INFERENCE_NUM_THREADS", "NUM_STREAMS")
+
+
+def openvino_wanted(args, device: torch.device, dtype: torch.dtype, names) -> bool:
+    """Whether one of the cases `names` gets an OpenVINO side in this row (CPU, float32, openvino importable)."""
+    return (device.type == "cpu" and dtype == torch.float32 and args.openvino is not None
+            and bool(set(names) & set(OPENVINO_CASES) & set(args.only)))
+
+
+def openvino_side(args, module: torch.nn.Module, example_input: tuple):
+    """module converted once with `openvino.convert_model` (it traces module on example_input); returns
+    compile_for(inputs), which compiles the converted model for the CPU at the static shapes of inputs
+    and gives a function of those torch inputs that returns a torch tensor."""
+    started = time.perf_counter()
+    with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():   # tracing needs ordinary tensors
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)      # the shape checks traced as constants
+        converted = args.openvino.convert_model(module, example_input=tuple(x.clone() for x in example_input))
+    print(f"  OpenVINO: {type(module).__name__} converted in {time.perf_counter() - started:.0f} s", flush=True)
+
+    def compile_for(inputs: tuple):
+        started = time.perf_counter()
+        model = converted.clone()
+        model.reshape({port: args.openvino.PartialShape(list(x.shape))
+                       for port, x in zip(model.inputs, inputs, strict=True)})
+        compiled = args.openvino.compile_model(model, "CPU", OPENVINO_CONFIG)
+        args.openvino_settings = {name: str(compiled.get_property(name)) for name in OPENVINO_PROPERTIES}
+        print(f"  OpenVINO: compiled for {[tuple(x.shape) for x in inputs]} in "
+              f"{time.perf_counter() - started:.0f} s; {args.openvino_settings}", flush=True)
+        request = compiled.create_infer_request()
+
+        def run() -> torch.Tensor:
+            request.infer([x.numpy() for x in inputs])
+            return torch.from_numpy(request.get_output_tensor(0).data.copy())
+        return run
+    return compile_for
+
+
+class Decoder(torch.nn.Module):
+    """The VAE's decode as a module's forward, for the conversion and the FLOP count."""
+
+    def __init__(self, vae: torch.nn.Module):
+        super().__init__()
+        self.vae = vae
+
+    def forward(self, latent: torch.Tensor) -> torch.Tensor:
+        return self.vae.decode(latent)
+
+
+def count_flops(build, inputs: tuple) -> int:
+    """Floating-point operations of build()(*inputs) as `FlopCounterMode` counts them (2 per multiply-add),
+    on the meta device: shapes only, no arithmetic."""
+    with torch.device("meta"), FlopCounterMode(display=False) as counter:
+        build()(*(torch.empty(x.shape, dtype=x.dtype) for x in inputs))
+    return counter.get_total_flops()
+
+
+def matmul_gflops(repeat: int = 3, size: int = 4096) -> float:
+    """This machine's float32 rate on a size×size matrix product (2·size³ operations), median of `repeat`."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    a @ b                                                 # warm up
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - start)
+    return 2 * size**3 / statistics.median(times) / 1e9
+
+
 # --- the two sides --------------------------------------------------------------------------------
 
 def plain(cls, config, dtype, device):
@@ -173,22 +248,34 @@ def unet_pair(args, spec, device, dtype) -> tuple:
 
     model = plain(UNetModel, spec.unet, dtype, device)
     reference = reference_unet(model)
-    return ours_as_loaded(model, device, dtype, compile=args.compile), reference
+    openvino = None
+    if openvino_wanted(args, device, dtype, ("unet32", "unet64")):   # the plain network, before fast.optimize
+        openvino = openvino_side(args, model, unet_inputs(spec, 32, device, dtype))
+    return ours_as_loaded(model, device, dtype, compile=args.compile), reference, openvino
 
 
-def unet_cases(args, spec, ours, reference, device, dtype) -> list:
-    generator = torch.Generator().manual_seed(0)
+def unet_inputs(spec, side: int, device, dtype) -> tuple:
+    """(x, t, context) for a batch-2 UNet call at side×side, the same for every side of the comparison."""
+    generator = torch.Generator().manual_seed(side)
+    x = torch.randn(2, 4, side, side, generator=generator).to(device, dtype)
+    context = torch.randn(2, 77, spec.unet.context_dim, generator=generator).to(device, dtype)
+    return x, torch.tensor([500, 500], device=device), context
+
+
+def unet_cases(args, spec, ours, reference, openvino, device, dtype) -> list:
+    from ldm import UNetModel
+
     rows = []
     for name, side in (("unet32", 32), ("unet64", 64)):
         if name not in args.only:
             continue
-        x = torch.randn(2, 4, side, side, generator=generator).to(device, dtype)
-        context = torch.randn(2, 77, spec.unet.context_dim, generator=generator).to(device, dtype)
-        t = torch.tensor([500, 500], device=device)
+        x, t, context = inputs = unet_inputs(spec, side, device, dtype)
         repeat = args.repeat if side == 32 else args.heavy_repeat
         rows.append(compare(name, dtype, lambda x=x, t=t, context=context: ours(x, t, context),
                             lambda x=x, t=t, context=context: reference(x, t, context).sample,
-                            device, repeat, warmup=True))
+                            device, repeat, warmup=True,
+                            openvino=None if openvino is None else openvino(inputs),
+                            flops=count_flops(lambda: UNetModel(spec.unet), inputs)))
     return rows
 
 
@@ -198,10 +285,13 @@ def vae_cases(args, spec, device, dtype) -> list:
 
     model = plain(AutoencoderKL, spec.vae, dtype, device)
     reference = reference_vae(model)
-    ours = ours_as_loaded(model, device, dtype)
     generator = torch.Generator().manual_seed(0)
     image = (torch.rand(1, 3, 512, 512, generator=generator) * 2 - 1).to(device, dtype)
     latent = torch.randn(1, 4, 64, 64, generator=generator).to(device, dtype)
+    openvino = None
+    if openvino_wanted(args, device, dtype, ("vae_decode",)):         # the plain network, before fast.optimize
+        openvino = openvino_side(args, Decoder(model), (latent,))((latent,))
+    ours = ours_as_loaded(model, device, dtype)
     small_image, small_latent = image[..., :64, :64], latent[..., :8, :8]
     rows = []
     if "vae_encode" in args.only:
@@ -210,8 +300,12 @@ def vae_cases(args, spec, device, dtype) -> list:
                             lambda: reference.encode(image).latent_dist.mean, device, args.heavy_repeat, warmup=False))
     if "vae_decode" in args.only:
         ours.decode(small_latent), reference.decode(small_latent)                            # warm up, small
+        if openvino is not None:
+            openvino()                                                                       # warm up, full size
         rows.append(compare("vae_decode", dtype, lambda: ours.decode(latent), lambda: reference.decode(latent).sample,
-                            device, args.heavy_repeat, warmup=False))
+                            device, args.heavy_repeat, warmup=False,
+                            openvino=openvino,
+                            flops=count_flops(lambda: Decoder(AutoencoderKL(spec.vae)), (latent,))))
     return rows
 
 
@@ -359,21 +453,27 @@ def default_dtypes(device: torch.device) -> list:
 
 # --- the table ------------------------------------------------------------------------------------
 
-def print_table(rows: list, device: torch.device) -> None:
+def print_table(rows: list, device: torch.device, matmul_rate: float | None) -> None:
     memory = "peak MiB above start" if device.type == "cpu" else "peak MiB allocated"
+
+    def cell(row, key, form):
+        return "–" if row.get(key) is None else form % row[key]
+
     print(f"\n{'case':12}{'dtype':>10}{'ours s':>10}{'ref s':>10}{'ratio':>8}{'target':>8}   {memory:>26}"
-          f"   {'max rel diff':>12}")
+          f"   {'max rel diff':>12}{'OpenVINO s':>12}{'ours/OV':>9}{'OV diff':>9}   {'GFLOP/s ours / ref / OV':>24}")
     for row in rows:
         target = TARGETS.get(row["dtype"], {}).get(row["case"]) if device.type == "cpu" else None
-        reference_s = "–" if row["reference_s"] is None else f"{row['reference_s']:.3f}"
-        ratio = "–" if row["ratio"] is None else f"{row['ratio']:.2f}"
-        reference_peak = "–" if row["reference_peak_mib"] is None else f"{row['reference_peak_mib']:.0f}"
-        diff = "" if row["max_rel_diff"] is None else f"{row['max_rel_diff']:.1e}"
-        print(f"{row['case']:12}{row['dtype']:>10}{row['ours_s']:>10.3f}{reference_s:>10}{ratio:>8}"
-              f"{'≤ %.2f' % target if target else '':>8}   "
-              f"{row['ours_peak_mib']:>12.0f} / {reference_peak:<11}   {diff:>12}")
+        gflops = " / ".join(cell(row, f"{side}_gflops", "%.0f") for side in SIDES) if row.get("gflop") else ""
+        print(f"{row['case']:12}{row['dtype']:>10}{row['ours_s']:>10.3f}{cell(row, 'reference_s', '%.3f'):>10}"
+              f"{cell(row, 'ratio', '%.2f'):>8}{'≤ %.2f' % target if target else '':>8}   "
+              f"{row['ours_peak_mib']:>12.0f} / {cell(row, 'reference_peak_mib', '%.0f'):<11}   "
+              f"{'' if row['max_rel_diff'] is None else '%.1e' % row['max_rel_diff']:>12}"
+              f"{cell(row, 'openvino_s', '%.3f'):>12}{cell(row, 'ratio_openvino', '%.2f'):>9}"
+              f"{cell(row, 'openvino_max_rel_diff', '%.1e'):>9}   {gflops:>24}")
     if any(row["case"] == "whole_edit" for row in rows):
         print("(whole_edit: ours only; its ratio is its time over our float32 whole_edit's)")
+    if matmul_rate is not None:
+        print(f"(this machine's float32 4096×4096 matrix product, torch: {matmul_rate:.0f} GFLOP/s)")
 
 
 def main() -> None:
@@ -395,6 +495,7 @@ def main() -> None:
     parser.add_argument("--edit-steps", type=int, default=50, help="whole_edit's DDIM steps (default 50)")
     parser.add_argument("--edit-samples", type=int, default=4, help="whole_edit's samples (default 4)")
     parser.add_argument("--compile", action="store_true", help="torch.compile our UNet (not the reference)")
+    parser.add_argument("--no-openvino", action="store_true", help="leave the OpenVINO side out")
     parser.add_argument("--json", type=Path,
                         help="where to write the results (default: benchmarks/results-<device>.json)")
     args = parser.parse_args()
@@ -403,12 +504,22 @@ def main() -> None:
     dtypes = [getattr(torch, name) for name in args.dtypes or default_dtypes(device)]
     args.loop_size = args.loop_size or (256 if device.type == "cpu" else 512)
     torch.set_num_threads(args.threads)
+    args.openvino, args.openvino_settings = None, None
+    if not args.no_openvino and device.type == "cpu":
+        try:
+            import openvino
+            args.openvino = openvino
+        except ImportError:
+            print(OPENVINO_MISSING, flush=True)
     from diffusers.utils import logging
     logging.set_verbosity_error()
     from weights import presets
     spec = presets.get("sd-1.5")
 
     machine = machine_record(device, args.threads)
+    if args.openvino is not None:
+        machine["openvino"] = args.openvino.__version__
+    matmul_rate = matmul_gflops() if device.type == "cpu" else None
     print(f"{machine.get('gpu', machine['cpu'])} ({machine['cpu_capability']}), {machine['cores']} cores, "
           f"{args.threads} threads; torch {torch.__version__}; {', '.join(map(dtype_name, dtypes))}; "
           f"SD 1.5 sizes; medians, ours vs reference", flush=True)
@@ -420,7 +531,7 @@ def main() -> None:
                 unets = unet_pair(args, spec, device, dtype)
                 rows += unet_cases(args, spec, *unets, device, dtype)
                 if "edit" in args.only:
-                    rows += edit_case(args, spec, *unets, device, dtype)
+                    rows += edit_case(args, spec, *unets[:2], device, dtype)
                 del unets
             if {"vae_encode", "vae_decode"} & set(args.only):
                 rows += vae_cases(args, spec, device, dtype)
@@ -432,14 +543,16 @@ def main() -> None:
     if "load" in args.only:
         rows += load_case(args)
     add_dtype_ratios(rows)
-    print_table(rows, device)
+    print_table(rows, device, matmul_rate)
     print(f"\n(total {time.perf_counter() - started:.0f} s)")
 
     path = args.json or ROOT / "benchmarks" / f"results-{device.type}.json"
     path.write_text(json.dumps({
         "machine": machine, "device": str(device), "dtypes": [dtype_name(d) for d in dtypes],
         "loop_size": args.loop_size, "edit_size": args.edit_size, "edit_steps": args.edit_steps,
-        "edit_samples": args.edit_samples, "compile": args.compile, "rows": rows}, indent=1))
+        "edit_samples": args.edit_samples, "compile": args.compile, "matmul_gflops_float32": matmul_rate,
+        "openvino_config": OPENVINO_CONFIG if args.openvino else None, "openvino_settings": args.openvino_settings,
+        "rows": rows}, indent=1))
     print(f"wrote {path}")
 
 
