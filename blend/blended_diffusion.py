@@ -50,13 +50,19 @@ def blended_diffusion(model, diffusion, source: torch.Tensor, mask: torch.Tensor
     (t_prev = t − 1; −1 after the last step), z_fg the guided step's sample, x0_fg its x̂_0, z_bg the
     noised source at t, z the blend.
     """
+    x0 = last_x0(guided_steps(model, diffusion, source, mask, guidance, num_samples=num_samples,
+                              skip_timesteps=skip_timesteps, generator=generator, ddim=ddim, blend=True), callback)
+    return x0 * mask + source * (1 - mask)           # line 8: the last x̂_0 with the source's background
+
+
+def last_x0(records, callback: StepCallback | None) -> torch.Tensor:
+    """Run the steps of `records` (guided_steps), handing each to `callback`; the last step's x̂_0."""
     x0 = None
-    for record in guided_steps(model, diffusion, source, mask, guidance, num_samples=num_samples,
-                               skip_timesteps=skip_timesteps, generator=generator, ddim=ddim, blend=True):
+    for record in records:
         x0 = record.x0_fg
         if callback is not None:
             callback(record)
-    return x0 * mask + source * (1 - mask)           # line 8: the last x̂_0 with the source's background
+    return x0
 
 
 def guided_steps(model, diffusion, source, mask, guidance, *, num_samples, skip_timesteps, generator, ddim, blend):

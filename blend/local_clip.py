@@ -19,7 +19,7 @@ Draw order (all from `generator`): the start noise (B, 3, H, W); then in each st
 """
 import torch
 
-from .blended_diffusion import guided_steps
+from .blended_diffusion import guided_steps, last_x0
 from .interfaces import StepCallback
 
 
@@ -33,10 +33,5 @@ def local_clip_guided_diffusion(model, diffusion, source: torch.Tensor, mask: to
     which built it in; it is passed on in each StepRecord). Returns the last x̂_0, (num_samples, 3, H, W),
     background and all. In each StepRecord z_bg is None (nothing is blended) and z = z_fg.
     """
-    x0 = None
-    for record in guided_steps(model, diffusion, source, mask, guidance, num_samples=num_samples,
-                               skip_timesteps=skip_timesteps, generator=generator, ddim=ddim, blend=False):
-        x0 = record.x0_fg
-        if callback is not None:
-            callback(record)
-    return x0
+    return last_x0(guided_steps(model, diffusion, source, mask, guidance, num_samples=num_samples,
+                                skip_timesteps=skip_timesteps, generator=generator, ddim=ddim, blend=False), callback)
