@@ -29,7 +29,7 @@ difference of the outputs (the check that both did the same work). Cases:
                      start 0.25 with guidance 7.5, 4 samples, decode) at --edit-size (512) on SD 1.5-size
                      components, ours only; its ratio is its time over our own float32 whole_edit's
                      (about 20 min in float32 at 512² on 2 cores; --edit-size, --edit-steps and
-                     --edit-samples shrink it)
+                     --edit-samples shrink it; --edit-sampler ddim|euler|dpm++2m picks the sampler)
 
 OpenVINO, a third side on the CPU in float32 for unet32, unet64 and vae_decode (the benchmark extra,
 `pip install ".[benchmark]"`; `make benchmark` installs it): our plain network, with the weights the other
@@ -370,8 +370,8 @@ def whole_edit_case(args, spec, device, dtype) -> list:
 
     def run():
         return edit(image, mask, "a red ball on the grass", model=components, steps=args.edit_steps,
-                    guidance_scale=7.5, start=0.25, num_samples=args.edit_samples, seed=0, device=str(device),
-                    size=size)
+                    sampler=args.edit_sampler, guidance_scale=7.5, start=0.25, num_samples=args.edit_samples,
+                    seed=0, device=str(device), size=size)
 
     times, peaks = [], []
     for _ in range(args.edit_repeat):
@@ -382,8 +382,9 @@ def whole_edit_case(args, spec, device, dtype) -> list:
     row = {"case": "whole_edit", "dtype": dtype_name(dtype), "repeat": args.edit_repeat,
            "ours_s": statistics.median(times), "ours_times": times, "ours_peak_mib": statistics.median(peaks) / 2**20,
            "reference_s": None, "reference_peak_mib": None, "ratio": None, "max_rel_diff": None,
-           "size": size, "steps": args.edit_steps, "samples": args.edit_samples}
-    print(f"  whole_edit {row['dtype']}: ours {row['ours_s']:.1f} s at {size}², {args.edit_steps} steps, "
+           "size": size, "steps": args.edit_steps, "sampler": args.edit_sampler, "samples": args.edit_samples}
+    print(f"  whole_edit {row['dtype']}: ours {row['ours_s']:.1f} s at {size}², {args.edit_sampler}, "
+          f"{args.edit_steps} steps, "
           f"{args.edit_samples} samples, peak {row['ours_peak_mib']:.0f} MiB", flush=True)
     return [row]
 
@@ -492,7 +493,9 @@ def main() -> None:
     parser.add_argument("--loop-size", type=int, help="the edit case's size in pixels (default: 256 on the CPU, "
                                                        "512 on a GPU)")
     parser.add_argument("--edit-size", type=int, default=512, help="whole_edit's size in pixels (default 512)")
-    parser.add_argument("--edit-steps", type=int, default=50, help="whole_edit's DDIM steps (default 50)")
+    parser.add_argument("--edit-steps", type=int, default=50, help="whole_edit's steps (default 50)")
+    parser.add_argument("--edit-sampler", choices=("ddim", "euler", "dpm++2m"), default="ddim",
+                        help="whole_edit's sampler (default ddim)")
     parser.add_argument("--edit-samples", type=int, default=4, help="whole_edit's samples (default 4)")
     parser.add_argument("--compile", action="store_true", help="torch.compile our UNet (not the reference)")
     parser.add_argument("--no-openvino", action="store_true", help="leave the OpenVINO side out")
@@ -550,6 +553,7 @@ def main() -> None:
     path.write_text(json.dumps({
         "machine": machine, "device": str(device), "dtypes": [dtype_name(d) for d in dtypes],
         "loop_size": args.loop_size, "edit_size": args.edit_size, "edit_steps": args.edit_steps,
+        "edit_sampler": args.edit_sampler,
         "edit_samples": args.edit_samples, "compile": args.compile, "matmul_gflops_float32": matmul_rate,
         "openvino_config": OPENVINO_CONFIG if args.openvino else None, "openvino_settings": args.openvino_settings,
         "rows": rows}, indent=1))

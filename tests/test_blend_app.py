@@ -513,3 +513,18 @@ def test_python_m_blend_app_refuses_an_unusable_out_folder_or_port_before_loadin
         assert done.returncode == 2 and done.stderr.strip().splitlines() == [message], done.stderr
     taken.close()
     assert sorted(path.name for path in tmp_path.iterdir()) == ["a_file"]
+
+
+def test_the_memory_estimate_counts_the_packed_weights_until_the_first_job_has_made_them():
+    import weights
+    from blend.app import form
+    from blend.cli import parse_args
+
+    args = parse_args(["--model", "tiny", "--prompt", "a cat", "--image", "x.png", "--mask", "m.png"])
+    quick, plain = weights.load("tiny"), weights.load("tiny", fast=False)
+    assert plain.packing_bytes() == 0
+    extra = quick.packing_bytes()
+    from fast.transform import onednn_can_prepack
+    assert extra > 0 or not onednn_can_prepack()
+    with_packing, without = form.job_memory((64, 64), args, quick), form.job_memory((64, 64), args, plain)
+    assert with_packing[1] - without[1] == extra and with_packing[0] == without[0]

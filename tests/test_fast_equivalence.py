@@ -25,7 +25,15 @@ import fast
 import weights
 from clip import TextEncoder
 from fast import transform
-from fast.transform import ChunkedFeedForward, InPlaceResnetBlock, MatmulConv2d, SplitGEGLU, conv_as_matmul
+from fast.transform import (
+    ChunkedFeedForward,
+    InPlaceResnetBlock,
+    MatmulConv2d,
+    PackedConv2d,
+    SplitGEGLU,
+    conv_as_matmul,
+    onednn_can_prepack,
+)
 from ldm import AutoencoderConfig, AutoencoderKL, UNetModel
 from ldm.attention import FeedForward
 from ldm.autoencoder import ResnetBlock
@@ -33,11 +41,12 @@ from ldm.autoencoder import ResnetBlock
 ROOT = Path(__file__).resolve().parent.parent
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
 SMALL_VAE = AutoencoderConfig(ch=32, ch_mult=(1, 2), num_res_blocks=1)
+needs_prepack = pytest.mark.skipif(not onednn_can_prepack(), reason="this torch build has no oneDNN weight packing")
 
 
-def plain_and_fast(cls, config, device, seed=0):
+def plain_and_fast(cls, config, device, seed=0, prepack=True):
     plain = random_model(cls, config, seed=seed).to(device)
-    return plain, fast.optimize(copy.deepcopy(plain), device=device)
+    return plain, fast.optimize(copy.deepcopy(plain), device=device, prepack=prepack)
 
 
 def assert_same_map(plain_fn, fast_fn, plain, quick, inputs):
@@ -94,13 +103,26 @@ def test_fast_autoencoder_computes_the_plain_encode_and_decode(device, batch):
 
 
 def test_fast_path_at_the_sizes_where_the_matmul_convolution_runs(monkeypatch):
-    # 32 channels at 2×2, batch 2: O = 32 ≥ 2·B·H·W = 16 in the deepest level, so the matrix product runs there.
+    # 32 channels at 2×2, batch 2: O = 32 ≥ 2·B·H·W = 16 in the deepest level, so the matrix product runs there
+    # (without the packed convolutions, which would take the 3×3 ones).
     calls = []
     monkeypatch.setattr(transform, "conv_as_matmul", lambda *args: calls.append(args) or conv_as_matmul(*args))
-    plain, quick = plain_and_fast(UNetModel, SMALL_4_LEVEL, "cpu")
+    plain, quick = plain_and_fast(UNetModel, SMALL_4_LEVEL, "cpu", prepack=False)
     x, context = torch.randn(2, 4, 16, 16), torch.randn(2, 5, 32)
     assert_same_map(unet_call, unet_call, plain, quick, (x, torch.tensor(10), context))
     assert calls
+
+
+@needs_prepack
+def test_fast_unet_with_packed_convolutions_computes_the_plain_map(monkeypatch):
+    # Batch 2 at 16×16 through four levels: B·H·W ≤ 4·O from the second level down, so weights get packed.
+    packed = []
+    reorder = torch._C._nn.mkldnn_reorder_conv2d_weight
+    monkeypatch.setattr(torch._C._nn, "mkldnn_reorder_conv2d_weight", lambda *a: packed.append(a) or reorder(*a))
+    plain, quick = plain_and_fast(UNetModel, SMALL_4_LEVEL, "cpu")
+    x, context = torch.randn(2, 4, 16, 16), torch.randn(2, 5, 32)
+    assert_same_map(unet_call, unet_call, plain, quick, (x, torch.tensor(10), context))
+    assert packed
 
 
 def test_the_bound_catches_a_wrong_map():
@@ -133,17 +155,20 @@ def test_optimize_keeps_every_key_shape_value_and_tensor(build):
 def test_optimize_swaps_only_exact_plain_classes_and_twice_changes_nothing():
     model = fast.optimize(random_model(UNetModel, SMALL_4_LEVEL, seed=0), device="cpu")
     classes = [type(m) for m in model.modules()]
-    assert {MatmulConv2d, SplitGEGLU, ChunkedFeedForward} <= set(classes)
+    assert {MatmulConv2d, SplitGEGLU, ChunkedFeedForward} <= set(classes)   # the 1×1 convolutions are matmul ones
+    assert PackedConv2d in set(classes) or not onednn_can_prepack()         # the 3×3 ones, strided too, packed
     fast.optimize(model, device="cpu")
     assert [type(m) for m in model.modules()] == classes
-    strided = [m for m in model.modules() if type(m) is torch.nn.Conv2d]
-    assert strided and all(m.stride == (2, 2) for m in strided)   # only the downsampling convolutions stay
+    unpacked = fast.optimize(random_model(UNetModel, SMALL_4_LEVEL, seed=0), device="cpu", prepack=False)
+    assert PackedConv2d not in {type(m) for m in unpacked.modules()}
+    strided = [m for m in unpacked.modules() if type(m) is torch.nn.Conv2d]
+    assert strided and all(m.stride == (2, 2) for m in strided)   # without packing the downsampling ones stay
 
 
 def test_on_a_gpu_only_layout_and_in_place_swaps_apply():
     # The CPU's matmul convolutions, split GEGLU and chunked feed-forward are not applied for another device.
     swaps = transform.swaps_for(torch.device("cuda"))
-    assert set(swaps.values()).isdisjoint({SplitGEGLU, ChunkedFeedForward, MatmulConv2d})
+    assert set(swaps.values()).isdisjoint({SplitGEGLU, ChunkedFeedForward, MatmulConv2d, PackedConv2d})
     assert swaps[UNetModel] is transform.ChannelsLastUNet
 
 
@@ -187,14 +212,68 @@ def test_conv_as_matmul_pads_with_zeros_at_every_border():
 def test_matmul_conv2d_runs_the_product_only_when_out_channels_reach_the_positions(monkeypatch):
     calls = []
     monkeypatch.setattr(transform, "conv_as_matmul", lambda *args: calls.append(args) or conv_as_matmul(*args))
-    layer = fast.optimize(torch.nn.Conv2d(8, 32, 3, padding=1), device="cpu")
+    layer = fast.optimize(torch.nn.Conv2d(8, 32, 3, padding=1), device="cpu", prepack=False)
     assert type(layer) is MatmulConv2d
     layer(torch.randn(1, 8, 4, 4))            # O = 32 >= 2·B·H·W = 32: the matmul
     assert len(calls) == 1
     layer(torch.randn(2, 8, 4, 4))            # O = 32 < 2 · 32 positions: oneDNN's convolution
     assert len(calls) == 1
-    strided = fast.optimize(torch.nn.Conv2d(8, 16, 3, stride=2, padding=1), device="cpu")
+    strided = fast.optimize(torch.nn.Conv2d(8, 16, 3, stride=2, padding=1), device="cpu", prepack=False)
     assert type(strided) is torch.nn.Conv2d   # not a same-size convolution: never swapped
+
+
+@pytest.fixture
+def reorders(monkeypatch):
+    """The input shapes oneDNN's weight packing is called with, in order."""
+    shapes = []
+    reorder = torch._C._nn.mkldnn_reorder_conv2d_weight
+
+    def counted(*args):
+        shapes.append(tuple(args[-1]))
+        return reorder(*args)
+    monkeypatch.setattr(torch._C._nn, "mkldnn_reorder_conv2d_weight", counted)
+    return shapes
+
+
+@needs_prepack
+@pytest.mark.parametrize("stride", [1, 2])
+def test_packed_conv2d_computes_the_convolution(stride, reorders):
+    plain = weights.fill_random_(torch.nn.Conv2d(16, 32, 3, stride=stride, padding=1), seed=stride)
+    layer = fast.optimize(copy.deepcopy(plain), device="cpu")
+    assert type(layer) is PackedConv2d
+    x = torch.randn(2, 16, 5, 6)
+    assert_same_map(lambda m, x: m(x), lambda m, x: m(x), plain, layer, (x,))
+    assert reorders == [(2, 16, 5, 6)]                 # float32 ran packed (float64, for the bound, did not)
+
+
+@needs_prepack
+def test_packed_conv2d_packs_once_per_input_shape_and_again_when_the_weight_changes(reorders):
+    layer = fast.optimize(weights.fill_random_(torch.nn.Conv2d(8, 32, 3, padding=1), seed=0), device="cpu")
+    x, wider = torch.randn(2, 8, 4, 4), torch.randn(1, 8, 4, 5)
+    with torch.no_grad():
+        first = layer(x)
+        assert torch.equal(layer(x), first) and reorders == [(2, 8, 4, 4)]        # packed once, reused
+        layer(wider)
+        assert reorders == [(2, 8, 4, 4), (1, 8, 4, 5)]                          # a new shape: packed for it
+        layer.weight.mul_(2)                                                      # changed in place
+        doubled = layer(wider)
+    assert len(reorders) == 3
+    expected = F.conv2d(wider.double(), layer.weight.double(), layer.bias.double(), padding=1)
+    assert max_relative_error(doubled, expected) < 1e-5        # the new weight, not the packed old one
+
+
+@needs_prepack
+def test_packed_conv2d_leaves_autograd_float64_and_many_positions_to_the_plain_convolution(reorders):
+    layer = fast.optimize(weights.fill_random_(torch.nn.Conv2d(8, 4, 3, padding=1), seed=0), device="cpu")
+    x = torch.randn(1, 8, 3, 3, requires_grad=True)
+    layer(x).sum().backward()                          # autograd: oneDNN's packed kernel has no backward
+    assert x.grad is not None and layer.weight.grad is not None
+    with torch.no_grad():
+        layer.double()(torch.randn(1, 8, 3, 3, dtype=torch.float64))   # float64
+        layer.float()(torch.randn(1, 8, 5, 5))        # B·H·W = 25 > 4·O = 16: too many positions a channel
+        assert reorders == []
+        layer(torch.randn(1, 8, 4, 4))                 # 16 ≤ 16: packed
+    assert reorders == [(1, 8, 4, 4)]
 
 
 def test_chunked_feed_forward_equals_one_pass(monkeypatch):
@@ -263,3 +342,16 @@ def test_ldm_networks_have_no_device_branch_and_no_speed_code(path):
     code = "\n".join(line.split("#")[0] for line in path.read_text().splitlines())
     found = {what: re.findall(pattern, code) for what, pattern in SPEED_CODE.items() if re.search(pattern, code)}
     assert found == {}, f"{path.name} holds {found}; speed belongs in fast/transform.py"
+
+
+@needs_prepack
+def test_packing_bytes_counts_the_packed_layers_until_they_have_packed():
+    model = fast.optimize(random_model(UNetModel, SMALL_4_LEVEL, seed=0), device="cpu")
+    layers = [m for m in model.modules() if type(m) is PackedConv2d]
+    assert fast.packing_bytes(model) == sum(4 * layer.weight.numel() for layer in layers) > 0
+    with torch.no_grad():
+        model(torch.randn(2, 4, 16, 16), 10, torch.randn(2, 5, 32))
+    packed_now = [layer for layer in layers if layer in transform.PACKED]
+    assert packed_now and fast.packing_bytes(model) == sum(4 * m.weight.numel() for m in layers if m not in packed_now)
+    assert fast.packing_bytes(fast.optimize(random_model(UNetModel, SMALL_4_LEVEL, seed=0), device="cpu",
+                                            prepack=False)) == 0

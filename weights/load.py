@@ -51,6 +51,11 @@ class Components:
     text_encoder_2: TextEncoder | None = None
     tokenizer_2: Tokenizer | None = None
 
+    def packing_bytes(self) -> int:
+        """Memory the fast path's packed convolution weights may still take on first use (`fast.packing_bytes`)."""
+        return sum(fast_path.packing_bytes(network) for network in (self.unet, self.vae)
+                   if isinstance(network, torch.nn.Module))
+
 
 def load(source: str | Path, *, dtype: torch.dtype | None = None, device: str | torch.device = "cpu",
          prediction_type: str | None = None, allow_pickle: bool = False, fast: bool = True) -> Components:

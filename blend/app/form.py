@@ -52,7 +52,9 @@ per sample (each result), plus 64 for reconstruction "pixel" (float32 copies); a
 3300 bytes (one SD 512x512 decode peaks at 804 MiB) plus 600 per sample (the guided UNet batch, the
 decoded rows). "latent" and "decoder" backpropagate through the decoder: counted as three decodes per
 sample (all at once) or one sample at a time plus the decoder's weights, gradients and Adam state
-(an assumption, not measured). It is compared with what the machine has free now rather than with a
+(an assumption, not measured). Until the first job has run, the fast path's packed convolution weights
+(`Components.packing_bytes`: up to 2.2 GB for SD 1.5's UNet in float32) are added to it as well.
+It is compared with what the machine has free now rather than with a
 fixed ceiling because the same job fits a workstation and not a laptop, and the model, already
 loaded, is already counted there.
 
@@ -308,6 +310,8 @@ def job_memory(image_size: tuple, args, components) -> tuple[int, int, tuple]:
     at_work = working_pixels * (DECODE_BYTES * decodes + SAMPLE_BYTES * args.samples)
     if args.reconstruction == "decoder" and isinstance(components.vae, torch.nn.Module):
         at_work += 16 * sum(parameter.numel() for parameter in components.vae.parameters())  # weights, grads, Adam
+    if hasattr(components, "packing_bytes"):
+        at_work += components.packing_bytes()          # the fast path's packed weights, made on the first job
     return photo, at_work, working
 
 
