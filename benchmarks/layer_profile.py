@@ -4,7 +4,6 @@ per-layer performance counters), on the same SD 1.5 UNet and inputs. From the re
     python -m benchmarks.layer_profile                      # 64×64 latent, batch 2, float32
     python -m benchmarks.layer_profile --side 32 --calls 3
     python -m benchmarks.layer_profile --no-openvino        # ours only (plain and fast), no conversion
-    python -m benchmarks.layer_profile --compile            # also ours through torch.compile (inductor)
 
 Both sides hold the weights of benchmarks.versus_diffusers (`fill_random_`, seed 0) and get its batch-2 inputs.
 Ours is profiled twice, as the plain network and as `fast.optimize` leaves it; OpenVINO converts the plain
@@ -201,7 +200,6 @@ def main() -> None:
     parser.add_argument("--side", type=int, default=64, help="latent side (default 64)")
     parser.add_argument("--calls", type=int, default=2, help="profiled calls a side (default 2)")
     parser.add_argument("--no-openvino", action="store_true", help="ours only")
-    parser.add_argument("--compile", action="store_true", help="also ours through fast.optimize(compile=True)")
     args = parser.parse_args()
     openvino = None
     if not args.no_openvino:
@@ -230,14 +228,6 @@ def main() -> None:
     fast.optimize(model, device="cpu", dtype=torch.float32)
     rows, ops, totals["ours, fast"] = profile_ours(model, inputs, args.calls)
     columns["ours, fast"] = rows, ops
-    if args.compile:
-        started = time.perf_counter()
-        model.compile()
-        with torch.inference_mode():
-            model(*inputs)
-        print(f"torch.compile: first call (compilation) {time.perf_counter() - started:.0f} s", flush=True)
-        rows, ops, totals["ours, fast + compile"] = profile_ours(model, inputs, args.calls)
-        columns["ours, fast + compile"] = rows, ops
     print()
     print_table(columns, totals)
 
