@@ -114,15 +114,12 @@ def test_fast_path_at_the_sizes_where_the_matmul_convolution_runs(monkeypatch):
 
 
 @needs_prepack
-def test_fast_unet_with_packed_convolutions_computes_the_plain_map(monkeypatch):
+def test_fast_unet_with_packed_convolutions_computes_the_plain_map(reorders):
     # Batch 2 at 16×16 through four levels: B·H·W ≤ 4·O from the second level down, so weights get packed.
-    packed = []
-    reorder = torch._C._nn.mkldnn_reorder_conv2d_weight
-    monkeypatch.setattr(torch._C._nn, "mkldnn_reorder_conv2d_weight", lambda *a: packed.append(a) or reorder(*a))
     plain, quick = plain_and_fast(UNetModel, SMALL_4_LEVEL, "cpu")
     x, context = torch.randn(2, 4, 16, 16), torch.randn(2, 5, 32)
     assert_same_map(unet_call, unet_call, plain, quick, (x, torch.tensor(10), context))
-    assert packed
+    assert reorders
 
 
 def test_the_bound_catches_a_wrong_map():
